@@ -1,0 +1,31 @@
+"""deepcr-jax: deepCR cosmic-ray detection and inpainting in JAX/Flax.
+
+Quick use::
+
+    import deepcr_jax
+    mask = deepcr_jax.clean(image)                        # (ny, nx) bool, e- input
+    mask, cleaned = deepcr_jax.clean(image, inpaint="medmask")
+    cleaner = deepcr_jax.load("ACS-WFC", inpaint="ACS-WFC-F606W-2-32")
+    params = deepcr_jax.load_params("ACS-WFC")            # functional core
+    prob = jax.jit(deepcr_jax.predict)(params, stamps)    # (n, ny, nx)
+"""
+
+from deepcr_jax.clean import Cleaner, CleanReport, clean, inpaint, load
+from deepcr_jax.model import ModelParams, load_params, predict
+from deepcr_jax.zoo import MODELS, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "clean",
+    "load",
+    "inpaint",
+    "Cleaner",
+    "CleanReport",
+    "load_params",
+    "predict",
+    "ModelParams",
+    "list_models",
+    "MODELS",
+    "__version__",
+]

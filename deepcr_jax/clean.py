@@ -1,0 +1,446 @@
+"""``clean``: cosmic-ray masks and cleaned images for arrays, stacks and frames.
+
+Data flow for one image (a stack repeats the per-image steps and shares the
+tile batches)::
+
+    validate → ignore = user ignore | non-finite → fill ignored pixels
+    → /scale (→ standardise) → zero-pad top/left to ×4 (as deepCR)
+    → tiles (fixed S × S, halo ≥ receptive field) → jitted UNet, sharded
+    → stitch cores → crop → probability (0 at ignored pixels)
+    → threshold → mask → inpaint (medmask | network) → undo preprocessing
+
+The probability map equals deepCR's ``clean(img, segment=False,
+binary=False)`` (within float32 rounding) for every tile size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import numbers
+import os
+from typing import Any
+
+import numpy as np
+
+from deepcr_jax.engine import Engine, resolve_dtype
+from deepcr_jax.inpaint import fill_ignored, medmask
+from deepcr_jax.model import PAD_MULTIPLE, ModelParams, load_params
+from deepcr_jax.zoo import list_models
+
+__all__ = ["clean", "load", "inpaint", "Cleaner", "CleanReport", "TILE_SIZES"]
+
+#: Tile sides offered (network input S × S). Images that fit in one tile run
+#: whole; larger ones are tiled with the largest.
+TILE_SIZES = (64, 128, 256, 512, 1024)
+DEFAULT_TILE = 512
+DEFAULT_BATCH = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanReport:
+    """What :meth:`Cleaner.clean` did to the last input.
+
+    Attributes
+    ----------
+    n_images : int
+        Images processed (1 for a 2-D input).
+    n_ignored : int
+        Pixels excluded from detection and filled: the caller's ``ignore``
+        plus non-finite pixels.
+    n_nonfinite : int
+        NaN or ±inf pixels among them.
+    n_cr : int
+        Pixels in the binary CR mask (at the threshold used).
+    threshold : float
+    """
+
+    n_images: int
+    n_ignored: int
+    n_nonfinite: int
+    n_cr: int
+    threshold: float
+
+
+# --------------------------------------------------------------------------
+# validation
+
+
+def _as_images(image: Any) -> tuple[np.ndarray, bool]:
+    """float32 copy as (n, ny, nx) plus whether the input was 2-D."""
+    arr = np.asarray(image)
+    if arr.dtype == object:
+        raise TypeError("image must be a numeric array; got dtype object")
+    if np.iscomplexobj(arr):
+        raise TypeError(f"image must be real-valued; got complex dtype {arr.dtype}")
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
+        raise TypeError(f"image must be a real numeric array; got dtype {arr.dtype}")
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"image must be 2-D (ny, nx) or 3-D (n, ny, nx); got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"image is empty; got shape {arr.shape}")
+    single = arr.ndim == 2
+    return np.array(arr if not single else arr[None], dtype=np.float32), single
+
+
+def _as_ignore(ignore: Any, shape: tuple[int, ...]) -> np.ndarray:
+    if ignore is None:
+        return np.zeros(shape, bool)
+    m = np.asarray(ignore)
+    if m.dtype == object or np.iscomplexobj(m) or not (m.dtype == bool or np.issubdtype(m.dtype, np.number)):
+        raise TypeError(f"ignore must be a boolean array; got dtype {m.dtype}")
+    if m.shape != shape:
+        raise ValueError(f"ignore must have the image's shape {shape}; got {m.shape}")
+    return m.astype(bool)
+
+
+def _check_threshold(threshold: Any) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+        raise TypeError(f"threshold must be a number in [0, 1]; got {threshold!r}")
+    t = float(threshold)
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1]; got {threshold!r}")
+    return t
+
+
+def _pad_top_left(x: np.ndarray) -> tuple[np.ndarray, int, int]:
+    py, px = -x.shape[0] % PAD_MULTIPLE, -x.shape[1] % PAD_MULTIPLE
+    pads = [(py, 0), (px, 0)] + [(0, 0)] * (x.ndim - 2)
+    return np.pad(x, pads), py, px
+
+
+@dataclasses.dataclass
+class _Prepared:
+    x: np.ndarray  # preprocessed (ny, nx) float32, ignored pixels filled
+    filled: np.ndarray  # filled image in input units
+    ignore: np.ndarray
+    mean: float = 0.0
+    std: float = 1.0
+
+
+# --------------------------------------------------------------------------
+# the reusable object
+
+
+class Cleaner:
+    """A loaded mask network (and optionally an inpainter) with compiled engines.
+
+    Create with :func:`load`. Reuse it for many images: the network is
+    compiled once per tile size and every image size reuses it.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike = "ACS-WFC",
+        *,
+        inpaint: str | os.PathLike | None = None,
+        tile: int | None = None,
+        batch: int | None = None,
+        dtype: str = "float32",
+    ) -> None:
+        self.params: ModelParams = load_params(model, kind="mask")
+        self.inpaint_method: str | None = None
+        self.inpaint_params: ModelParams | None = None
+        if inpaint is not None:
+            if inpaint == "medmask":
+                self.inpaint_method = "medmask"
+            else:
+                try:
+                    self.inpaint_params = load_params(inpaint, kind="inpaint")
+                except ValueError as err:
+                    raise ValueError(
+                        f"inpaint must be None, 'medmask' or one of {', '.join(list_models('inpaint'))}"
+                        f" (or a converted .npz); {err}"
+                    ) from None
+                self.inpaint_method = "network"
+        if tile is not None and (
+            isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile <= 0
+        ):
+            raise ValueError(f"tile must be a positive int; got {tile!r}")
+        if tile is not None and tile % 8:
+            raise ValueError(f"tile must be a multiple of 8; got {tile}")
+        self.tile = tile
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch <= 0):
+            raise ValueError(f"batch must be a positive int; got {batch!r}")
+        self.batch = DEFAULT_BATCH if batch is None else int(batch)
+        resolve_dtype(dtype)
+        self.dtype = dtype
+        self._engines: dict[tuple[str, int], Engine] = {}
+        self.last_report: CleanReport | None = None
+
+    # -- engines ---------------------------------------------------------
+
+    def _tile_for(self, shape: tuple[int, int]) -> int:
+        if self.tile is not None:
+            return self.tile
+        side = max(shape)
+        return next((t for t in TILE_SIZES if t >= side and t <= DEFAULT_TILE), DEFAULT_TILE)
+
+    def engine(self, which: str, tile: int) -> Engine:
+        """The compiled engine for ``which`` ("mask" or "inpaint") at tile size ``tile``."""
+        key = (which, tile)
+        if key not in self._engines:
+            params = self.params if which == "mask" else self.inpaint_params
+            self._engines[key] = Engine(params, tile=tile, batch=self.batch, dtype=self.dtype)
+        return self._engines[key]
+
+    @property
+    def compilations(self) -> int:
+        """Total number of compilations of all engines so far."""
+        return sum(e.compilations for e in self._engines.values())
+
+    # -- steps -----------------------------------------------------------
+
+    @staticmethod
+    def _prepare(img: np.ndarray, ignore: np.ndarray, params: ModelParams) -> _Prepared:
+        filled = fill_ignored(img, ignore) if ignore.any() else img
+        x = filled / np.float32(params.scale)
+        prep = _Prepared(x=x, filled=filled, ignore=ignore)
+        if params.standardize:
+            prep.mean, prep.std = x.mean(), x.std()
+            prep.x = (x - prep.mean) / prep.std
+        return prep
+
+    def _run(self, which: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        padded, pads = [], []
+        for x in inputs:
+            p, py, px = _pad_top_left(x)
+            padded.append(p)
+            pads.append((py, px))
+        tile = self._tile_for(max((p.shape[:2] for p in padded), key=max))
+        outs = self.engine(which, tile).run(padded)
+        return [o[py:, px:] for o, (py, px) in zip(outs, pads)]
+
+    def probability(self, images: np.ndarray, ignore: np.ndarray) -> tuple[np.ndarray, list[_Prepared]]:
+        """CR probability (n, ny, nx) float32 for validated images; 0 at ignored pixels."""
+        preps = [self._prepare(img, ign, self.params) for img, ign in zip(images, ignore)]
+        probs = self._run("mask", [p.x for p in preps])
+        prob = np.stack(probs)
+        prob[ignore] = 0.0
+        return prob, preps
+
+    def _inpaint_network(self, filled: np.ndarray, replace: np.ndarray) -> np.ndarray:
+        p = self.inpaint_params
+        out = []
+        inputs = []
+        for img, m in zip(filled, replace):
+            x = img / np.float32(p.scale)
+            mf = m.astype(np.float32)
+            inputs.append(np.stack([x * (1 - mf), mf], axis=-1))
+        preds = self._run("inpaint", inputs)
+        for img, m, pred in zip(filled, replace, preds):
+            res = img.copy()
+            res[m] = pred[m] * np.float32(p.scale)
+            out.append(res)
+        return np.stack(out)
+
+    # -- public ----------------------------------------------------------
+
+    def clean(
+        self,
+        image,
+        *,
+        threshold: float | None = None,
+        binary: bool = True,
+        ignore=None,
+        inpaint: bool | None = None,
+    ):
+        """Detect cosmic rays (and optionally replace them).
+
+        Parameters
+        ----------
+        image : array_like, shape (ny, nx) or (n, ny, nx)
+            Image(s) in the model's units (electrons for HST ``_flc``), any
+            real dtype. NaN/±inf pixels are treated as ignored.
+        threshold : float in [0, 1], optional
+            Probability above which a pixel is a CR; default the model's
+            recommended value.
+        binary : bool
+            Return the boolean mask (True = cosmic ray) or the float32
+            probability map.
+        ignore : array_like of bool, same shape as ``image``, optional
+            True for pixels to exclude (bad/saturated). They are never
+            reported as CRs, are filled from their surroundings (median of
+            the usable pixels of their 5×5 window, growing inwards) before
+            the network sees them, and are filled in the cleaned image.
+        inpaint : bool, optional
+            Whether to return the cleaned image; default: when the Cleaner
+            was loaded with an inpainter.
+
+        Returns
+        -------
+        mask : ndarray, shape like ``image``
+            bool (binary) or float32 probability.
+        cleaned : ndarray float32, shape like ``image``
+            Only when inpainting: CR and ignored pixels replaced, in the
+            input units.
+
+        The caller's array is never modified. :attr:`last_report` tells how
+        many pixels were ignored and flagged.
+        """
+        t = self.params.threshold if threshold is None else _check_threshold(threshold)
+        do_inpaint = self.inpaint_method is not None if inpaint is None else bool(inpaint)
+        if do_inpaint and self.inpaint_method is None:
+            raise ValueError("inpaint=True needs an inpainter: load(..., inpaint='medmask' or a model name)")
+        images, single = _as_images(image)
+        user_ignore = _as_ignore(ignore, images.shape[1:] if single else images.shape)
+        user_ignore = user_ignore[None] if single else user_ignore
+        nonfinite = ~np.isfinite(images)
+        ign = user_ignore | nonfinite
+        prob, preps = self.probability(images, ign)
+        mask = prob > t
+        self.last_report = CleanReport(
+            n_images=len(images),
+            n_ignored=int(ign.sum()),
+            n_nonfinite=int(nonfinite.sum()),
+            n_cr=int(mask.sum()),
+            threshold=t,
+        )
+        result = mask if binary else prob
+        if not do_inpaint:
+            return result[0] if single else result
+        filled = np.stack([p.filled for p in preps])
+        cleaned = self._replace(filled, mask, ign)
+        if single:
+            return result[0], cleaned[0]
+        return result, cleaned
+
+    def _replace(self, filled: np.ndarray, mask: np.ndarray, ign: np.ndarray) -> np.ndarray:
+        if self.inpaint_method == "network":
+            return self._inpaint_network(filled, mask | ign)
+        return np.stack([medmask(f, m, exclude=i) for f, m, i in zip(filled, mask, ign)])
+
+    def inpaint(self, image, mask):
+        """Replace ``mask`` pixels of ``image`` with the loaded inpainter.
+
+        Parameters
+        ----------
+        image : array_like (ny, nx) or (n, ny, nx), finite values
+        mask : array_like, same shape; True where pixels are replaced
+
+        Returns
+        -------
+        ndarray float32, same shape.
+        """
+        images, single = _as_images(image)
+        m = _as_ignore(mask, images.shape[1:] if single else images.shape)
+        m = m[None] if single else m
+        if self.inpaint_method is None:
+            raise ValueError("no inpainter loaded: load(..., inpaint='medmask' or a model name)")
+        if not np.isfinite(images).all():
+            raise ValueError("image has non-finite pixels; include them in mask or use clean(..., ignore=...)")
+        none = np.zeros_like(m)
+        out = self._replace(images, m, none)
+        return out[0] if single else out
+
+
+def load(
+    model: str | os.PathLike = "ACS-WFC",
+    *,
+    inpaint: str | os.PathLike | None = None,
+    tile: int | None = None,
+    batch: int | None = None,
+    dtype: str = "float32",
+) -> Cleaner:
+    """Load a model once for many calls: returns a :class:`Cleaner`.
+
+    Parameters
+    ----------
+    model : str or path-like
+        Mask network: a zoo name (:func:`deepcr_jax.list_models`) or a
+        converted ``.npz``.
+    inpaint : str, optional
+        ``"medmask"`` or an inpainting zoo name (``"ACS-WFC-F606W-2-32"``,
+        ``"ACS-WFC-F606W-3-32"``); None: masks only.
+    tile : int, optional
+        Tile side S (multiple of 8). Default: the smallest of
+        :data:`TILE_SIZES` (up to 512) that holds the whole image, else 512
+        with seam-free overlapping tiles.
+    batch : int, optional
+        Tiles per network call (rounded up to a multiple of the device
+        count). Default 1 (fastest on CPU); raise it on GPU/TPU.
+    dtype : {"float32", "bfloat16"}
+        Compute dtype; bfloat16 is for GPU/TPU.
+    """
+    return Cleaner(model, inpaint=inpaint, tile=tile, batch=batch, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_cleaner(model, inpaint, tile, batch, dtype) -> Cleaner:
+    return Cleaner(model, inpaint=inpaint, tile=tile, batch=batch, dtype=dtype)
+
+
+def _cleaner(model, inpaint, tile, batch, dtype) -> Cleaner:
+    key = (os.fspath(model) if isinstance(model, os.PathLike) else model,
+           os.fspath(inpaint) if isinstance(inpaint, os.PathLike) else inpaint, tile, batch, dtype)
+    try:
+        hash(key)
+    except TypeError:
+        raise TypeError(f"model must be a zoo name or a path; got {type(model).__name__}") from None
+    return _cached_cleaner(*key)
+
+
+def clean(
+    image,
+    model: str | os.PathLike = "ACS-WFC",
+    *,
+    threshold: float | None = None,
+    binary: bool = True,
+    inpaint: str | None = None,
+    ignore=None,
+    tile: int | None = None,
+    batch: int | None = None,
+    dtype: str = "float32",
+):
+    """Cosmic-ray mask (and cleaned image) of one image or a stack.
+
+    Parameters
+    ----------
+    image : array_like, shape (ny, nx) or (n, ny, nx)
+        Image(s) in the model's units (electrons for HST ACS/WFC ``_flc``),
+        any real dtype; numpy or JAX. NaN/±inf pixels are ignored pixels.
+    model : str or path-like
+        Mask network (zoo name or converted ``.npz``). Default ``"ACS-WFC"``.
+    threshold : float in [0, 1], optional
+        Default: the model's recommended threshold.
+    binary : bool
+        True: boolean mask (True = cosmic ray). False: float32 probability.
+    inpaint : str, optional
+        None: return only the mask. ``"medmask"`` (5×5 masked median) or an
+        inpainting zoo name: also return the cleaned image.
+    ignore : array_like of bool, optional
+        Same shape as ``image``; True = bad pixel: never flagged as CR,
+        filled before detection and in the cleaned image.
+    tile, batch, dtype
+        Engine settings, see :func:`load`.
+
+    Returns
+    -------
+    mask : ndarray (shape of ``image``), bool or float32
+    cleaned : ndarray float32, only when ``inpaint`` is given
+
+    Notes
+    -----
+    Loaded models and compiled functions are cached between calls, so a loop
+    over images compiles once. For the ignored-pixel count use
+    :func:`load` and :attr:`Cleaner.last_report`.
+    """
+    cleaner = _cleaner(model, inpaint, tile, batch, dtype)
+    return cleaner.clean(image, threshold=threshold, binary=binary, ignore=ignore)
+
+
+def inpaint(image, mask, method: str = "medmask", *, tile: int | None = None, batch: int | None = None):
+    """Replace the ``mask`` pixels of ``image``.
+
+    Parameters
+    ----------
+    image : array_like (ny, nx) or (n, ny, nx), finite, in the model's units
+    mask : array_like of bool, same shape; True where pixels are replaced
+    method : str
+        ``"medmask"`` (deepCR's 5×5 masked median) or an inpainting zoo name.
+
+    Returns
+    -------
+    ndarray float32, same shape; unmasked pixels unchanged.
+    """
+    return _cleaner("ACS-WFC", method, tile, batch, "float32").inpaint(image, mask)

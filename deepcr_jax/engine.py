@@ -1,0 +1,145 @@
+"""The jitted, batched, sharded network forward over fixed-shape tiles.
+
+One :class:`Engine` holds one network's parameters on the local devices and
+one compiled function per (tile size, batch, dtype): every image of every size
+goes through the same ``(batch, S, S, channels)`` call; the last batch is
+padded, never recompiled. The batch axis is sharded over all local devices
+(data parallel) with :mod:`jax.sharding`; with one device this is a plain jit.
+
+Host work (cutting tiles, stitching results) overlaps device compute: batch
+``i + 1`` is cut and dispatched before the result of batch ``i`` is fetched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from deepcr_jax.model import ModelParams
+from deepcr_jax.tiling import TilePlan, copy_window, plan_tiles
+
+__all__ = ["Engine", "resolve_dtype"]
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def resolve_dtype(dtype) -> jnp.dtype:
+    """``"float32"`` (default, exact) or ``"bfloat16"`` (opt-in compute dtype)."""
+    key = jnp.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if key not in _DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'bfloat16'; got {dtype!r}")
+    return _DTYPES[key]
+
+
+class Engine:
+    """Run one network over tiles of many images with a single compilation.
+
+    Parameters
+    ----------
+    params : ModelParams
+        Folded network from :func:`deepcr_jax.load_params`.
+    tile : int
+        Tile side ``S`` (network input ``S × S``), a multiple of ``2**depth``.
+    batch : int
+        Tiles per call; rounded up to a multiple of the local device count.
+    dtype : {"float32", "bfloat16"}
+        Compute dtype. Outputs are always float32.
+    devices : sequence of jax.Device, optional
+        Devices to shard the batch over; default all local devices.
+
+    Attributes
+    ----------
+    compilations : int
+        How many times the forward was traced (one per distinct input shape).
+    """
+
+    def __init__(
+        self,
+        params: ModelParams,
+        tile: int,
+        batch: int,
+        dtype="float32",
+        devices: Sequence[jax.Device] | None = None,
+    ) -> None:
+        if not isinstance(tile, (int, np.integer)) or tile <= 0:
+            raise ValueError(f"tile must be a positive int; got {tile!r}")
+        if not isinstance(batch, (int, np.integer)) or batch <= 0:
+            raise ValueError(f"batch must be a positive int; got {batch!r}")
+        self.dtype = resolve_dtype(dtype)
+        devices = list(devices) if devices is not None else jax.local_devices()
+        self.n_devices = len(devices)
+        self.batch = -(-int(batch) // self.n_devices) * self.n_devices
+        self.tile = int(tile)
+        self.depth = params.depth
+        self.in_channels = params.in_channels
+        self.mesh = Mesh(np.asarray(devices), ("batch",))
+        self._data = NamedSharding(self.mesh, PartitionSpec("batch"))
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.params = jax.device_put(params, replicated)
+        self.compilations = 0
+        self._fn = jax.jit(
+            self._forward,
+            in_shardings=(replicated, self._data, self._data),
+            out_shardings=self._data,
+        )
+
+    def _forward(self, params: ModelParams, x: jax.Array, valid: jax.Array) -> jax.Array:
+        self.compilations += 1  # Python side effect: runs at trace time only
+        weights = jax.tree.map(lambda a: a.astype(self.dtype), params.params)
+        y = params.module.apply({"params": weights}, x.astype(self.dtype), valid=valid.astype(self.dtype))
+        return y[..., 0].astype(jnp.float32)
+
+    def run(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Network output for each padded, preprocessed image.
+
+        Parameters
+        ----------
+        images : sequence of ndarray, each (ny, nx) or (ny, nx, in_channels)
+            float32, ``ny`` and ``nx`` multiples of 4 (deepCR's padding done).
+
+        Returns
+        -------
+        list of ndarray (ny, nx) float32
+            What the whole-image forward gives, stitched from tile cores.
+        """
+        plans: list[TilePlan] = []
+        outs: list[np.ndarray] = []
+        for img in images:
+            if img.ndim == 2:
+                img = img[..., None]
+            if img.shape[-1] != self.in_channels:
+                raise ValueError(
+                    f"network takes {self.in_channels} channel(s); got image shape {img.shape}"
+                )
+            plans.append(plan_tiles(img.shape[:2], self.tile, self.depth))
+            outs.append(np.empty(img.shape[:2], np.float32))
+        jobs = [(i, k) for i, plan in enumerate(plans) for k in range(len(plan))]
+        b, s, c = self.batch, self.tile, self.in_channels
+        pending = None
+        for start in range(0, len(jobs), b):
+            chunk = jobs[start : start + b]
+            x = np.zeros((b, s, s, c), np.float32)
+            v = np.zeros((b, s, s, 1), np.float32)
+            for slot, (i, k) in enumerate(chunk):
+                img = images[i] if images[i].ndim == 3 else images[i][..., None]
+                ty, tx, *_ = plans[i].window(k)
+                copy_window(img, ty, tx, x[slot], v[slot, ..., 0])
+            y = self._fn(self.params, jax.device_put(x, self._data), jax.device_put(v, self._data))
+            if pending is not None:
+                self._stitch(*pending, plans, outs)
+            pending = (y, chunk)
+        if pending is not None:
+            self._stitch(*pending, plans, outs)
+        return outs
+
+    @staticmethod
+    def _stitch(y: jax.Array, chunk, plans: list[TilePlan], outs: list[np.ndarray]) -> None:
+        y = np.asarray(y)
+        for slot, (i, k) in enumerate(chunk):
+            _, _, oy, ox, ny, nx = plans[i].window(k)
+            h = plans[i].halo
+            outs[i][oy : oy + ny, ox : ox + nx] = y[slot, h : h + ny, h : h + nx]

@@ -1,0 +1,250 @@
+"""The deepCR UNet in flax.linen (NHWC).
+
+The network mirrors the reference PyTorch modules of deepCR 0.3.1 (``inc``,
+``down1``, ``down2``, ``up7``, ``up8``, ``outc``), so that converted weights map
+one to one. Nothing here is device-, batch- or jit-specific: callers ``jit``
+and ``vmap`` at their own edge.
+
+Normalisation variants
+----------------------
+``"batch"``
+    conv → BatchNorm → ReLU, twice per block (torch semantics: momentum 0.005,
+    eps 1e-5, unbiased running variance).
+``"weight"``
+    weight-normalised conv (kernel = g · v / ‖v‖, norm over all axes but the
+    output channel) → ReLU.
+``"none"``
+    plain conv → ReLU. Inference runs this variant, with BatchNorm and
+    weight-norm folded into the conv weights (see :func:`deepcr_jax.convert.fold`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = ["UNet", "BatchNorm", "WeightNormConv", "ConvTranspose2x2", "DoubleConv"]
+
+Norm = Literal["batch", "weight", "none"]
+Head = Literal["sigmoid", "identity"]
+
+#: torch's BatchNorm2d momentum used by deepCR (fraction of the new batch statistic).
+TORCH_BN_MOMENTUM = 0.005
+BN_EPS = 1e-5
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over all axes but the last, with torch's semantics.
+
+    Training normalises with the biased batch variance and updates the running
+    variance with the unbiased one, as ``torch.nn.BatchNorm2d`` does.
+
+    Parameters ``scale``/``bias`` (C,); batch statistics ``mean``/``var`` (C,).
+    """
+
+    momentum: float = TORCH_BN_MOMENTUM
+    epsilon: float = BN_EPS
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x, axis=axes)
+            var = jnp.mean(jnp.square(x - mean), axis=axes)
+            if not self.is_initializing():
+                n = x.size // c
+                unbiased = var * (n / max(n - 1, 1))
+                m = self.momentum
+                ra_mean.value = (1 - m) * ra_mean.value + m * jax.lax.stop_gradient(mean)
+                ra_var.value = (1 - m) * ra_var.value + m * jax.lax.stop_gradient(unbiased)
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        inv = scale * jax.lax.rsqrt(var + self.epsilon)
+        return (x - mean) * inv + bias
+
+
+def torch_uniform(fan_in: int):
+    """torch's default conv initialiser: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / fan_in**0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    pad = kernel.shape[0] // 2
+    y = jax.lax.conv_general_dilated(
+        x,
+        kernel.astype(x.dtype),
+        window_strides=(1, 1),
+        padding=((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return y + bias.astype(x.dtype)
+
+
+class Conv(nn.Module):
+    """Stride-1 'same' convolution; ``kernel`` (k, k, in, out) HWIO, ``bias`` (out,)."""
+
+    features: int
+    size: int = 3
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = torch_uniform(self.size * self.size * x.shape[-1])
+        kernel = self.param("kernel", init, (self.size, self.size, x.shape[-1], self.features))
+        bias = self.param("bias", init, (self.features,))
+        return _conv(x, kernel, bias)
+
+
+class WeightNormConv(nn.Module):
+    """3×3 'same' conv with weight normalisation: kernel = g · v / ‖v‖.
+
+    ``v`` (3, 3, in, out) HWIO, ``g`` (out,), ``bias`` (out,); the norm runs
+    over the three non-output axes (torch ``weight_norm(dim=0)``).
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = torch_uniform(9 * x.shape[-1])
+        v = self.param("v", init, (3, 3, x.shape[-1], self.features))
+        g = self.param("g", lambda key, shape: jnp.sqrt(jnp.sum(v**2, axis=(0, 1, 2))), (self.features,))
+        bias = self.param("bias", init, (self.features,))
+        return _conv(x, weight_norm_kernel(g, v), bias)
+
+
+def weight_norm_kernel(g: jax.Array, v: jax.Array) -> jax.Array:
+    """Kernel g · v / ‖v‖ for HWIO ``v`` (norm over all axes but the last)."""
+    norm = jnp.sqrt(jnp.sum(jnp.square(v), axis=(0, 1, 2)))
+    return v * (g / norm)
+
+
+class ConvTranspose2x2(nn.Module):
+    """2×2, stride-2 transposed convolution (torch ``ConvTranspose2d(k=2, s=2)``).
+
+    ``kernel`` (2, 2, in, out): output pixel (2i+a, 2j+b) = Σ_c x[i, j, c] ·
+    kernel[a, b, c, :] + bias. With stride equal to the kernel size the output
+    blocks do not overlap, so this is an exact einsum + reshape.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, h, w, c = x.shape
+        init = torch_uniform(4 * self.features)  # torch takes fan-in from dim 1 here
+        kernel = self.param("kernel", init, (2, 2, c, self.features))
+        bias = self.param("bias", init, (self.features,))
+        y = jnp.einsum("nhwc,abco->nhawbo", x, kernel.astype(x.dtype))
+        y = y.reshape(n, 2 * h, 2 * w, self.features)
+        return y + bias.astype(x.dtype)
+
+
+def _apply_valid(x: jax.Array, valid: jax.Array | None) -> jax.Array:
+    return x if valid is None else x * valid.astype(x.dtype)
+
+
+class DoubleConv(nn.Module):
+    """(conv 3×3 → [norm] → ReLU) × 2; submodules ``conv0``/``conv1`` (+ ``bn0``/``bn1``).
+
+    ``valid`` (n, ny, nx, 1), optional: 1 inside the image, 0 outside. Each
+    conv's input is multiplied by it, so a tile that reaches past the image
+    edge computes exactly what the whole-image forward computes with its
+    zero padding.
+    """
+
+    features: int
+    norm: Norm = "batch"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False, valid: jax.Array | None = None) -> jax.Array:
+        for i in range(2):
+            x = _apply_valid(x, valid)
+            if self.norm == "weight":
+                x = WeightNormConv(self.features, name=f"conv{i}")(x)
+            else:
+                x = Conv(self.features, name=f"conv{i}")(x)
+            if self.norm == "batch":
+                x = BatchNorm(name=f"bn{i}")(x, train=train)
+            x = nn.relu(x)
+        return x
+
+
+class Up(nn.Module):
+    """Upsample ×2 (transposed conv ``up``), concatenate [skip, up], DoubleConv ``conv``."""
+
+    features: int
+    norm: Norm = "batch"
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, skip: jax.Array, train: bool = False, valid: jax.Array | None = None
+    ) -> jax.Array:
+        x = ConvTranspose2x2(self.features, name="up")(x)
+        x = jnp.concatenate([skip, x], axis=-1)
+        return DoubleConv(self.features, self.norm, name="conv")(x, train=train, valid=valid)
+
+
+def max_pool2(x: jax.Array) -> jax.Array:
+    """2×2 max pool, stride 2, NHWC (floors odd sizes like torch)."""
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+class UNet(nn.Module):
+    """deepCR UNet, depth 2 or 3.
+
+    Parameters
+    ----------
+    depth : {2, 3}
+        Number of resolution levels (deepCR-``depth``-``hidden``).
+    hidden : int
+        Channels of the first level; level k has ``hidden * 2**k``.
+    out_channels : int
+        Output channels (1 for all deepCR models).
+    norm : {"batch", "weight", "none"}
+        Normalisation inside each conv block.
+    head : {"sigmoid", "identity"}
+        Output activation: ``sigmoid`` for CR-probability (mask) networks,
+        ``identity`` for inpainting networks.
+
+    Call with ``x`` of shape ``(n, ny, nx, in_channels)``, ``ny`` and ``nx``
+    multiples of ``2**(depth-1)``; returns ``(n, ny, nx, out_channels)``.
+    ``valid`` (n, ny, nx, 1), optional, marks the pixels inside the image
+    (1) for tiles that extend past its edge (see :class:`DoubleConv`); the
+    valid region must sit on the ``2**(depth-1)`` pooling grid.
+    """
+
+    depth: int = 2
+    hidden: int = 32
+    out_channels: int = 1
+    norm: Norm = "batch"
+    head: Head = "sigmoid"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False, valid: jax.Array | None = None) -> jax.Array:
+        if self.depth not in (2, 3):
+            raise ValueError(f"depth must be 2 or 3; got {self.depth}")
+        h = self.hidden
+        v1 = valid
+        v2 = None if valid is None else max_pool2(valid)
+        x1 = DoubleConv(h, self.norm, name="inc")(x, train=train, valid=v1)
+        x2 = DoubleConv(2 * h, self.norm, name="down1")(max_pool2(x1), train=train, valid=v2)
+        if self.depth == 3:
+            v3 = None if valid is None else max_pool2(v2)
+            x3 = DoubleConv(4 * h, self.norm, name="down2")(max_pool2(x2), train=train, valid=v3)
+            x2 = Up(2 * h, self.norm, name="up7")(x3, x2, train=train, valid=v2)
+        y = Up(h, self.norm, name="up8")(x2, x1, train=train, valid=v1)
+        y = Conv(self.out_channels, size=1, name="outc")(y)
+        return nn.sigmoid(y) if self.head == "sigmoid" else y
