@@ -33,6 +33,7 @@ __all__ = [
     "torch_key_table",
     "convert_state_dict",
     "fold",
+    "inference_variables",
     "flatten",
     "unflatten",
     "save_npz",
@@ -336,6 +337,72 @@ def fold(variables: Mapping[str, Any], arch: Architecture) -> dict[str, Any]:
             out[name] = _fold_block(params[name], stats.get(name), arch.norm)
     out["outc"] = {k: np.asarray(v, np.float32) for k, v in params["outc"].items()}
     return {"params": out}
+
+
+def _weight_norm_float32(conv: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Plain conv from weight-norm params, computed as torch does: float32 v · (g / ‖v‖)."""
+    v = np.asarray(conv["v"], np.float32)
+    g = np.asarray(conv["g"], np.float32)
+    norm = np.sqrt(np.sum(v * v, axis=(0, 1, 2), dtype=np.float32))
+    return {"kernel": (v * (g / norm)).astype(np.float32), "bias": np.asarray(conv["bias"], np.float32)}
+
+
+def _batchnorm_affine(bn: Mapping[str, Any], stats: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """torch's inference BatchNorm as (alpha, beta), computed as its CPU kernel does.
+
+    float32 throughout: invstd = 1 / sqrt(var + eps), alpha = invstd * weight,
+    beta = fma(-mean, alpha, bias) (torch's kernel is compiled with FMA
+    contraction; a float32 × float32 product is exact in float64, so the
+    float64 expression below rounds like the fused operation).
+    """
+    var = np.asarray(stats["var"], np.float32)
+    invstd = np.float32(1) / np.sqrt(var + np.float32(BN_EPS))
+    alpha = (invstd * np.asarray(bn["scale"], np.float32)).astype(np.float32)
+    mean = np.asarray(stats["mean"], np.float64)
+    beta = (np.asarray(bn["bias"], np.float64) - mean * alpha.astype(np.float64)).astype(np.float32)
+    return {"alpha": alpha, "beta": beta}
+
+
+def inference_variables(variables: Mapping[str, Any], arch: Architecture) -> tuple[dict[str, Any], str]:
+    """Variables for the inference network, with deepCR's float32 arithmetic.
+
+    Weight-norm convs become plain convs (kernel = v · (g / ‖v‖) computed
+    once in float32, as torch computes it on every forward). BatchNorm
+    becomes a per-channel affine ``x * alpha + beta`` after the conv (norm
+    ``"affine"``), with alpha and beta computed as torch's CPU kernel does.
+
+    BatchNorm is deliberately not folded into the conv weights: that is
+    mathematically equal, but on inputs with a large pedestal (raw frames
+    with hundreds of e- of bias) the first BatchNorm cancels large numbers,
+    and the folded network's float32 rounding no longer follows the
+    reference's; the difference then reaches 1.4e-4 in probability
+    (ACS-WFC-F606W-2-4 on a raw frame) instead of a few 1e-6.
+    :func:`fold` remains available for fully folded weights.
+
+    Returns
+    -------
+    variables : dict
+        ``{"params": ...}`` for ``UNet(norm=<returned norm>)``.
+    norm : {"affine", "none"}
+    """
+    params = variables["params"]
+    stats = variables.get("batch_stats", {})
+
+    def walk(p: Mapping[str, Any], st: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in p.items():
+            if isinstance(v, Mapping) and "v" in v and "g" in v:
+                out[k] = _weight_norm_float32(v)
+            elif isinstance(v, Mapping) and "scale" in v and k in st:
+                out[k] = _batchnorm_affine(v, st[k])
+            elif isinstance(v, Mapping):
+                out[k] = walk(v, st.get(k, {}))
+            else:
+                out[k] = np.asarray(v, np.float32)
+        return out
+
+    norm = {"batch": "affine", "weight": "none", "none": "none"}[arch.norm]
+    return {"params": walk(params, stats)}, norm
 
 
 # --------------------------------------------------------------------------

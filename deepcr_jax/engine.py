@@ -89,8 +89,8 @@ class Engine:
 
     def _forward(self, params: ModelParams, x: jax.Array, valid: jax.Array) -> jax.Array:
         self.compilations += 1  # Python side effect: runs at trace time only
-        weights = jax.tree.map(lambda a: a.astype(self.dtype), params.params)
-        y = params.module.apply({"params": weights}, x.astype(self.dtype), valid=valid.astype(self.dtype))
+        weights = jax.tree.map(lambda a: a.astype(self.dtype), params.variables)
+        y = params.module.apply(weights, x.astype(self.dtype), valid=valid.astype(self.dtype))
         return y[..., 0].astype(jnp.float32)
 
     def run(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:

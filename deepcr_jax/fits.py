@@ -71,19 +71,19 @@ import numpy as np
 from astropy.io import fits
 
 __all__ = [
-    "DQ_SATURATION_BITS",
-    "DQ_CR_BITS",
-    "DEFAULT_DQ_IGNORE_BITS",
     "DEFAULT_DQ_FLAG",
-    "SATURATION_LEVEL",
+    "DEFAULT_DQ_IGNORE_BITS",
+    "DQ_CR_BITS",
+    "DQ_SATURATION_BITS",
     "SATURATION_GROW",
+    "SATURATION_LEVEL",
     "Chip",
     "ChipSummary",
     "FitsSummary",
-    "read_fits",
-    "write_fits",
     "clean_fits",
     "default_output_path",
+    "read_fits",
+    "write_fits",
 ]
 
 #: ACS/WFC3 DQ bits for saturation: 256 (full well) and 2048 (A/D converter).
@@ -207,15 +207,17 @@ class FitsSummary:
     def format(self) -> str:
         """Human-readable multi-line report (what ``deepcr-jax clean`` prints)."""
         how = f"inpaint {self.inpaint}" if self.inpaint else "mask only"
-        lines = [f"{self.path_in} -> {self.path_out}  (model {self.model}, threshold {self.threshold:g}, {how})"]
+        lines = [
+            f"{self.path_in} -> {self.path_out}  (model {self.model}, threshold {self.threshold:g}, {how})"
+        ]
         for c in self.chips:
             unit = c.bunit or "no BUNIT"
             if c.unit_scale != 1.0:
                 unit += f" x {c.unit_scale:g}"
             extra = f"DQ |= {self.dq_flag}" if c.dq_flagged else "no DQ"
             lines.append(
-                f"  {c.label:<10} {c.shape[0]}x{c.shape[1]}  CR pixels {c.n_cr:>9,d} "
-                f"({100 * c.cr_fraction:.3f}%)  ignored {c.n_ignored:>9,d} "
+                f"  {c.label:<9} {c.shape[0]}x{c.shape[1]}  CR pixels {c.n_cr:>7,d} "
+                f"({100 * c.cr_fraction:.3f}%)  ignored {c.n_ignored:>7,d} "
                 f"(DQ {c.n_dq:,d}, saturated {c.n_saturated:,d}, non-finite {c.n_nonfinite:,d})  "
                 f"[{unit}; {extra}]"
             )
@@ -245,7 +247,9 @@ def _dilate_box(mask: np.ndarray, size: int) -> np.ndarray:
 
 
 def _is_2d_image(hdu: Any) -> bool:
-    return isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and hdu.header.get("NAXIS") == 2
+    return (
+        isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and hdu.header.get("NAXIS") == 2
+    )
 
 
 def _science_indices(hdul: fits.HDUList) -> list[int]:
@@ -287,7 +291,7 @@ def _unit_scale(bunit: str, header: fits.Header, primary: fits.Header, units: st
     if units == "as-is":
         return 1.0
     u = bunit.strip().upper().replace(" ", "")
-    if u.endswith("/S") or u.endswith("/SEC") or u.endswith("S-1") or u.endswith("/SECOND"):
+    if u.endswith(("/S", "/SEC", "S-1", "/SECOND")):
         exptime = _exptime(header, primary)
         if exptime is None:
             raise ValueError(
@@ -354,8 +358,10 @@ def read_fits(
     dq_ignore_bits = _check_bits("dq_ignore_bits", dq_ignore_bits)
     if units not in _UNITS:
         raise ValueError(f"units must be 'auto' or 'as-is'; got {units!r}")
-    if isinstance(saturation_grow, bool) or not isinstance(saturation_grow, (int, np.integer)) or (
-        saturation_grow < 1 or saturation_grow % 2 == 0
+    if (
+        isinstance(saturation_grow, bool)
+        or not isinstance(saturation_grow, (int, np.integer))
+        or (saturation_grow < 1 or saturation_grow % 2 == 0)
     ):
         raise ValueError(f"saturation_grow must be a positive odd integer; got {saturation_grow!r}")
     try:
@@ -365,7 +371,9 @@ def read_fits(
     with hdul:
         indices = _science_indices(hdul)
         if not indices:
-            raise ValueError(f"{path!r} holds no 2-D image (looked for SCI extensions, then any 2-D image HDU)")
+            raise ValueError(
+                f"{path!r} holds no 2-D image (looked for SCI extensions, then any 2-D image HDU)"
+            )
         primary = hdul[0].header
         chips = []
         for i in indices:
@@ -453,7 +461,9 @@ def _check_output(path_in: str, path_out: str, overwrite: bool) -> None:
             "(choose another output, or pass overwrite=True / --overwrite)"
         )
     if os.path.lexists(path_out):
-        raise FileExistsError(f"output {path_out!r} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+        raise FileExistsError(
+            f"output {path_out!r} already exists; pass overwrite=True (CLI: --overwrite) to replace it"
+        )
     parent = os.path.dirname(os.path.abspath(path_out))
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"output directory {parent!r} does not exist")
@@ -486,7 +496,7 @@ def _atomic_writeto(hdul: fits.HDUList, path_out: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path_out)}.", suffix=".tmp")
     os.close(fd)
     try:
-        hdul.writeto(tmp, overwrite=True, output_verify="fix+ignore", checksum=False)
+        hdul.writeto(tmp, overwrite=True, output_verify="silentfix+ignore", checksum=False)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -564,10 +574,14 @@ def write_fits(
         for k, (chip, mask) in enumerate(zip(chips, masks)):
             mask = np.asarray(mask, bool)
             if mask.shape != chip.image.shape:
-                raise ValueError(f"masks[{k}] must have shape {chip.image.shape} ({chip.label}); got {mask.shape}")
+                raise ValueError(
+                    f"masks[{k}] must have shape {chip.image.shape} ({chip.label}); got {mask.shape}"
+                )
             hdu = hdul[chip.index]
             if hdu.name.upper() != chip.extname.upper() and chip.extname != "PRIMARY":
-                raise ValueError(f"{path_in!r} changed since it was read: HDU {chip.index} is not {chip.label}")
+                raise ValueError(
+                    f"{path_in!r} changed since it was read: HDU {chip.index} is not {chip.label}"
+                )
             if cleaned is not None:
                 clean = np.asarray(cleaned[k], np.float32)
                 if clean.shape != mask.shape:
@@ -583,7 +597,11 @@ def write_fits(
                 dq = _dq_array(dqh, mask.shape)
                 for key in ("PIXVALUE", "NPIX1", "NPIX2"):
                     dqh.header.remove(key, ignore_missing=True)
-                src = dqh.data if dqh.data is not None else dq.astype(np.int16 if dq.max() < 32768 else np.uint16)
+                src = (
+                    dqh.data
+                    if dqh.data is not None
+                    else dq.astype(np.int16 if dq.max() < 32768 else np.uint16)
+                )
                 dqh.data = _with_flag(src, mask, flag)
             crh = fits.ImageHDU(mask.astype(np.uint8), name="CRMASK", ver=chip.extver)
             for key, value in chip.header.items():
@@ -656,8 +674,9 @@ def clean_fits(
         beside the input).
     model : str, path-like or Cleaner, optional
         Zoo mask model name, a converted ``.npz``, or a loaded
-        :class:`deepcr_jax.Cleaner` (reused across files; then ``inpaint``,
-        ``tile`` and ``batch`` are the cleaner's). Default ``"ACS-WFC"``.
+        :class:`deepcr_jax.Cleaner` (reused across files; then the
+        inpainter, ``tile`` and ``batch`` are the cleaner's, and ``inpaint``
+        must be None or name the same inpainter). Default ``"ACS-WFC"``.
     threshold : float, optional
         CR probability threshold in [0, 1]; default the model's recommended.
     inpaint : str, optional
@@ -692,27 +711,40 @@ def clean_fits(
     _check_output(path_in, path_out, overwrite)
     if _is_cleaner(model):
         cleaner = model
-        model_name = str(getattr(cleaner, "name", getattr(cleaner, "model", "custom")))
-        inpainter = getattr(cleaner, "inpaint_name", None) or inpaint
+        model_name, inpainter = _cleaner_names(cleaner)
+        if inpaint is not None and inpaint != inpainter:
+            raise ValueError(
+                f"inpaint={inpaint!r} cannot change a loaded Cleaner (it inpaints with {inpainter!r}); "
+                "pass inpaint to deepcr_jax.load() instead"
+            )
     else:
         from deepcr_jax import load
 
         cleaner = load(model, inpaint=inpaint, tile=tile, batch=batch)
         model_name = os.fspath(model)
-        inpainter = inpaint
+        inpainter = None if inpaint is None else os.fspath(inpaint)
     thr = _resolve_threshold(cleaner, model, threshold)
     chips = read_fits(path_in, dq_ignore_bits=dq_ignore_bits, saturation=saturation, units=units)
     masks, cleaned = [], []
     for chip in chips:
         if inpainter:
-            mask, clean = cleaner.clean(chip.image, threshold=thr, binary=True, ignore=chip.ignore, inpaint=True)
+            mask, clean = cleaner.clean(
+                chip.image, threshold=thr, binary=True, ignore=chip.ignore, inpaint=True
+            )
             cleaned.append(np.asarray(clean))
         else:
             mask = cleaner.clean(chip.image, threshold=thr, binary=True, ignore=chip.ignore, inpaint=False)
         masks.append(np.asarray(mask, bool))
     meta = {"model": model_name, "threshold": thr, "inpaint": inpainter}
     out = write_fits(
-        path_in, path_out, chips, masks, cleaned if inpainter else None, dq_flag=dq_flag, meta=meta, overwrite=overwrite
+        path_in,
+        path_out,
+        chips,
+        masks,
+        cleaned if inpainter else None,
+        dq_flag=dq_flag,
+        meta=meta,
+        overwrite=overwrite,
     )
     return FitsSummary(
         path_in=path_in,
@@ -739,16 +771,22 @@ def clean_fits(
     )
 
 
+def _cleaner_names(cleaner: Any) -> tuple[str, str | None]:
+    """(mask model name, inpainter name or None) of a loaded Cleaner."""
+    params = getattr(cleaner, "params", None)
+    name = str(getattr(params, "name", None) or "custom")
+    method = getattr(cleaner, "inpaint_method", None)
+    if method == "network":
+        return name, str(getattr(getattr(cleaner, "inpaint_params", None), "name", None) or "network")
+    return name, method
+
+
 def _resolve_threshold(cleaner: Any, model: Any, threshold: float | None) -> float:
     if threshold is not None:
         t = float(threshold)
         if not 0.0 <= t <= 1.0:
             raise ValueError(f"threshold must be in [0, 1]; got {threshold!r}")
         return t
-    for attr in ("threshold",):
-        value = getattr(cleaner, attr, None)
-        if isinstance(value, (int, float)):
-            return float(value)
     params = getattr(cleaner, "params", None)
     if params is not None and isinstance(getattr(params, "threshold", None), (int, float)):
         return float(params.threshold)

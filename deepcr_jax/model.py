@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepcr_jax.convert import Architecture, fold, load_npz
+from deepcr_jax.convert import Architecture, inference_variables, load_npz
 from deepcr_jax.nets import UNet
 from deepcr_jax.zoo import ModelSpec, get_spec, weights_path
 
@@ -35,27 +35,29 @@ PAD_MULTIPLE = 4
 
 @flax.struct.dataclass
 class ModelParams:
-    """A loaded network: folded parameters plus static metadata.
+    """A loaded network: inference variables plus static metadata.
 
-    A pytree: ``params`` holds the arrays; everything else is static (part of
-    the tree structure, hence of any jit cache key).
+    A pytree: ``variables`` holds the arrays (``{"params": ...}``);
+    everything else is static
+    (part of the tree structure, hence of any jit cache key).
     """
 
-    params: Any
+    variables: Any
     name: str = flax.struct.field(pytree_node=False)
     kind: str = flax.struct.field(pytree_node=False)
     depth: int = flax.struct.field(pytree_node=False)
     hidden: int = flax.struct.field(pytree_node=False)
     in_channels: int = flax.struct.field(pytree_node=False)
     head: str = flax.struct.field(pytree_node=False)
+    norm: str = flax.struct.field(pytree_node=False)
     scale: float = flax.struct.field(pytree_node=False)
     standardize: bool = flax.struct.field(pytree_node=False)
     threshold: float = flax.struct.field(pytree_node=False)
 
     @property
     def module(self) -> UNet:
-        """The folded (``norm="none"``) flax module these params belong to."""
-        return UNet(depth=self.depth, hidden=self.hidden, norm="none", head=self.head)
+        """The flax module these variables belong to (apply with ``train=False``)."""
+        return UNet(depth=self.depth, hidden=self.hidden, norm=self.norm, head=self.head)
 
 
 def _spec_from_meta(meta: dict, path: str) -> dict:
@@ -108,8 +110,9 @@ def load_params(model: str | os.PathLike = "ACS-WFC", *, kind: str | None = None
     Returns
     -------
     ModelParams
-        BatchNorm and weight-norm folded into the convs, float32, on the
-        default device.
+        Inference variables (weight-norm folded into the kernels, BatchNorm
+        as a per-channel affine; see :func:`deepcr_jax.convert.inference_variables`),
+        float32, on the default device.
     """
     if isinstance(model, str) and not model.endswith(".npz"):
         get_spec(model, kind)
@@ -119,9 +122,10 @@ def load_params(model: str | os.PathLike = "ACS-WFC", *, kind: str | None = None
     if kind is not None and info["kind"] != kind:
         raise ValueError(f"model {model!r} is a {info['kind']} network; a {kind} network is needed here")
     arch: Architecture = info.pop("arch")
-    folded = jax.tree.map(jnp.asarray, fold(variables, arch)["params"])
+    inference, norm = inference_variables(variables, arch)
     return ModelParams(
-        params=folded,
+        variables=jax.tree.map(jnp.asarray, inference),
+        norm=norm,
         depth=arch.depth,
         hidden=arch.hidden,
         in_channels=arch.in_channels,
@@ -144,7 +148,7 @@ def network_forward(params: ModelParams, x: jax.Array) -> jax.Array:
     ``x`` is ``(n, ny, nx, in_channels)``; returns ``(n, ny, nx)`` (sigmoid
     probabilities for mask networks, raw predictions for inpainting ones).
     """
-    return params.module.apply({"params": params.params}, x)[..., 0]
+    return params.module.apply(params.variables, x)[..., 0]
 
 
 def _standardize_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:

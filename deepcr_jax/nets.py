@@ -13,9 +13,12 @@ Normalisation variants
 ``"weight"``
     weight-normalised conv (kernel = g · v / ‖v‖, norm over all axes but the
     output channel) → ReLU.
+``"affine"``
+    conv → per-channel ``x * alpha + beta`` → ReLU: BatchNorm in inference
+    form. Inference runs BatchNorm networks as this variant.
 ``"none"``
-    plain conv → ReLU. Inference runs this variant, with BatchNorm and
-    weight-norm folded into the conv weights (see :func:`deepcr_jax.convert.fold`).
+    plain conv → ReLU. Inference runs weight-norm networks as this variant,
+    with the weight-norm folded into the conv kernels.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["UNet", "BatchNorm", "WeightNormConv", "ConvTranspose2x2", "DoubleConv"]
+__all__ = ["UNet", "BatchNorm", "Affine", "WeightNormConv", "ConvTranspose2x2", "DoubleConv"]
 
-Norm = Literal["batch", "weight", "none"]
+Norm = Literal["batch", "weight", "affine", "none"]
 Head = Literal["sigmoid", "identity"]
 
 #: torch's BatchNorm2d momentum used by deepCR (fraction of the new batch statistic).
@@ -58,7 +61,7 @@ class BatchNorm(nn.Module):
         if train:
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(x, axis=axes)
-            var = jnp.mean(jnp.square(x - mean), axis=axes)
+            var = jnp.mean(jnp.square(x - _channel(mean, x.ndim)), axis=axes)
             if not self.is_initializing():
                 n = x.size // c
                 unbiased = var * (n / max(n - 1, 1))
@@ -68,7 +71,24 @@ class BatchNorm(nn.Module):
         else:
             mean, var = ra_mean.value, ra_var.value
         inv = scale * jax.lax.rsqrt(var + self.epsilon)
-        return (x - mean) * inv + bias
+        return (x - _channel(mean, x.ndim)) * _channel(inv, x.ndim) + _channel(bias, x.ndim)
+
+
+class Affine(nn.Module):
+    """Per-channel ``x * alpha + beta``: BatchNorm in inference form.
+
+    ``alpha`` = scale / sqrt(var + eps) and ``beta`` = bias - mean * alpha
+    are computed once, on the host, exactly as torch's CPU kernel does (see
+    :func:`deepcr_jax.convert.inference_variables`); the multiply-add is
+    then one fused operation, as in torch.
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        alpha = self.param("alpha", nn.initializers.ones, (c,), jnp.float32)
+        beta = self.param("beta", nn.initializers.zeros, (c,), jnp.float32)
+        return x * _channel(alpha, x.ndim).astype(x.dtype) + _channel(beta, x.ndim).astype(x.dtype)
 
 
 def torch_uniform(fan_in: int):
@@ -90,7 +110,12 @@ def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
         padding=((pad, pad), (pad, pad)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
-    return y + bias.astype(x.dtype)
+    return y + _channel(bias.astype(x.dtype), y.ndim)
+
+
+def _channel(v: jax.Array, ndim: int) -> jax.Array:
+    """Per-channel vector (C,) shaped to broadcast over NHWC without rank promotion."""
+    return v.reshape((1,) * (ndim - 1) + (-1,))
 
 
 class Conv(nn.Module):
@@ -128,7 +153,7 @@ class WeightNormConv(nn.Module):
 def weight_norm_kernel(g: jax.Array, v: jax.Array) -> jax.Array:
     """Kernel g · v / ‖v‖ for HWIO ``v`` (norm over all axes but the last)."""
     norm = jnp.sqrt(jnp.sum(jnp.square(v), axis=(0, 1, 2)))
-    return v * (g / norm)
+    return v * _channel(g / norm, v.ndim)
 
 
 class ConvTranspose2x2(nn.Module):
@@ -149,7 +174,7 @@ class ConvTranspose2x2(nn.Module):
         bias = self.param("bias", init, (self.features,))
         y = jnp.einsum("nhwc,abco->nhawbo", x, kernel.astype(x.dtype))
         y = y.reshape(n, 2 * h, 2 * w, self.features)
-        return y + bias.astype(x.dtype)
+        return y + _channel(bias.astype(x.dtype), y.ndim)
 
 
 def _apply_valid(x: jax.Array, valid: jax.Array | None) -> jax.Array:
@@ -169,7 +194,12 @@ class DoubleConv(nn.Module):
     norm: Norm = "batch"
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, valid: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        train: bool = False,
+        valid: jax.Array | None = None,
+    ) -> jax.Array:
         for i in range(2):
             x = _apply_valid(x, valid)
             if self.norm == "weight":
@@ -178,6 +208,8 @@ class DoubleConv(nn.Module):
                 x = Conv(self.features, name=f"conv{i}")(x)
             if self.norm == "batch":
                 x = BatchNorm(name=f"bn{i}")(x, train=train)
+            elif self.norm == "affine":
+                x = Affine(name=f"bn{i}")(x)
             x = nn.relu(x)
         return x
 
@@ -190,7 +222,11 @@ class Up(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, skip: jax.Array, train: bool = False, valid: jax.Array | None = None
+        self,
+        x: jax.Array,
+        skip: jax.Array,
+        train: bool = False,
+        valid: jax.Array | None = None,
     ) -> jax.Array:
         x = ConvTranspose2x2(self.features, name="up")(x)
         x = jnp.concatenate([skip, x], axis=-1)
@@ -213,7 +249,7 @@ class UNet(nn.Module):
         Channels of the first level; level k has ``hidden * 2**k``.
     out_channels : int
         Output channels (1 for all deepCR models).
-    norm : {"batch", "weight", "none"}
+    norm : {"batch", "weight", "affine", "none"}
         Normalisation inside each conv block.
     head : {"sigmoid", "identity"}
         Output activation: ``sigmoid`` for CR-probability (mask) networks,
@@ -233,18 +269,24 @@ class UNet(nn.Module):
     head: Head = "sigmoid"
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, valid: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        train: bool = False,
+        valid: jax.Array | None = None,
+    ) -> jax.Array:
         if self.depth not in (2, 3):
             raise ValueError(f"depth must be 2 or 3; got {self.depth}")
         h = self.hidden
         v1 = valid
         v2 = None if valid is None else max_pool2(valid)
-        x1 = DoubleConv(h, self.norm, name="inc")(x, train=train, valid=v1)
-        x2 = DoubleConv(2 * h, self.norm, name="down1")(max_pool2(x1), train=train, valid=v2)
+        kw = dict(train=train)
+        x1 = DoubleConv(h, self.norm, name="inc")(x, valid=v1, **kw)
+        x2 = DoubleConv(2 * h, self.norm, name="down1")(max_pool2(x1), valid=v2, **kw)
         if self.depth == 3:
             v3 = None if valid is None else max_pool2(v2)
-            x3 = DoubleConv(4 * h, self.norm, name="down2")(max_pool2(x2), train=train, valid=v3)
-            x2 = Up(2 * h, self.norm, name="up7")(x3, x2, train=train, valid=v2)
-        y = Up(h, self.norm, name="up8")(x2, x1, train=train, valid=v1)
+            x3 = DoubleConv(4 * h, self.norm, name="down2")(max_pool2(x2), valid=v3, **kw)
+            x2 = Up(2 * h, self.norm, name="up7")(x3, x2, valid=v2, **kw)
+        y = Up(h, self.norm, name="up8")(x2, x1, valid=v1, **kw)
         y = Conv(self.out_channels, size=1, name="outc")(y)
         return nn.sigmoid(y) if self.head == "sigmoid" else y

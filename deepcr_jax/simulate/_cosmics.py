@@ -33,11 +33,11 @@ __all__: list[str] = []
 
 PIXEL_UM = 15.0
 #: Cosmic-ray events per cm^2 per second.
-CR_RATE = 1.2
+CR_RATE = 0.65
 #: Thickness of the charge-collecting silicon layer in micron.
 DEPTH_UM = 13.0
 #: Most probable deposit per micron of path (electrons), ~MIP in silicon.
-Q_MPV_PER_UM = 75.0
+Q_MPV_PER_UM = 150.0
 #: Log-normal sigma of the stopping-power spread between particles.
 SPECIES_SIGMA = 0.45
 #: Width of the Landau straggling factor relative to its mode.
@@ -45,7 +45,7 @@ LANDAU_WIDTH = 0.12
 _LANDAU_MAX = 60.0
 WORM_FRACTION = 0.04
 SIGMA_FRONT = 0.12
-SIGMA_BACK = 0.45
+SIGMA_BACK = 0.7
 _MARGIN = 16
 _POINTS_PER_PX = 5
 _MAX_TAN = 200.0

@@ -87,13 +87,13 @@ def draw_scene(field: str, shape: tuple[int, int], rng: np.random.Generator) -> 
         sy, sx = _uniform_positions(rng, ns, ny, nx, m)
         scene["stars"] = {"y": sy, "x": sx, "rate": mag_to_rate(rng.uniform(16.0, 27.0, ns))}
     elif field == "globular":
-        rc = rng.uniform(150.0, 600.0)
+        # cluster centred on a 4096x4096 ACS/WFC field; the image is a random
+        # region of it (a stamp) or the given frame placed at a random offset
+        rc = float(np.exp(rng.uniform(np.log(100.0), np.log(800.0))))
         rt = 30.0 * rc
-        r0 = rng.uniform(0.0, 3.0) * rc
-        ang = rng.uniform(0, 2 * np.pi)
-        yc = (ny - 1) / 2 + r0 * np.sin(ang)
-        xc = (nx - 1) / 2 + r0 * np.cos(ang)
-        sigma0 = rng.uniform(0.04, 0.12)  # stars / px^2 at the centre (m < 27.5)
+        yc = (ny - 1) / 2 + rng.uniform(-1.0, 1.0) * max(2048.0 - ny / 2, 0.0)
+        xc = (nx - 1) / 2 + rng.uniform(-1.0, 1.0) * max(2048.0 - nx / 2, 0.0)
+        sigma0 = rng.uniform(0.03, 0.12)  # stars / px^2 at the centre (m < 27.5)
         ct = (1 + (rt / rc) ** 2) ** -0.5
 
         def king(y, x):

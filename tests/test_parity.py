@@ -1,0 +1,119 @@
+"""Contract 1: every zoo model equals the PyTorch reference (deepCR 0.3.1).
+
+The reference runs here (torch 2.13.0 CPU + deepCR 0.3.1), on the three real
+frames in shared/data/real, on synthetic fields and on sizes not divisible by
+4. Mask networks: max |p_ours - p_ref| <= 1e-5 on the probability map.
+
+One documented exception to the fixed 1e-5: where the float32 reference is
+itself further than 1e-5 from the same network evaluated in float64 (the
+4-channel ACS-WFC-F606W-2-4 on fields with stars of 1e4-1e5 e-: its few
+channels carry activations of thousands that cancel to logits near zero, and
+the reference's own rounding error reaches 3e-5), the bar is that error: we
+must then be as close to the float32 reference as it is to exact arithmetic.
+The test prints both numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import PARITY_ATOL, requires_reference, synthetic_field
+
+import deepcr_jax
+from deepcr_jax.zoo import list_models
+
+pytestmark = requires_reference
+
+MASK_MODELS = list_models("mask")
+INPAINT_MODELS = list_models("inpaint")
+
+#: The inpainted pixels are network outputs in electrons, up to ~1e4 e- on
+#: these frames; float32 carries ~7 significant digits, and the two
+#: implementations sum the same products in a different order through ~10
+#: conv layers, so differences scale with the magnitude of the values. We
+#: hold |ours - ref| <= 1e-5 * max(|ref|, 1) per pixel (relative 1e-5, with
+#: an absolute floor of 1e-5 e- near zero) — far below the ~5 e- read noise.
+INPAINT_RTOL = 1e-5
+
+def _images(real_frames):
+    rng = np.random.default_rng(7)
+    out = {name: img for name, img in real_frames.items()}
+    for shape in [(128, 128), (101, 77), (66, 131)]:
+        img, _ = synthetic_field(rng, shape)
+        out[f"synthetic{shape[0]}x{shape[1]}"] = img
+    return out
+
+
+@pytest.mark.parametrize("model", MASK_MODELS)
+def test_mask_probability_matches_reference(model, real_frames):
+    from reference import float64_probability, reference
+
+    ref = reference(model)
+    cleaner = deepcr_jax.load(model)
+    worst, worst_ref = 0.0, 0.0
+    for name, img in _images(real_frames).items():
+        p_ref = ref.clean(img.astype(np.float32), segment=False, binary=False)
+        p = cleaner.clean(img, binary=False)
+        assert p.shape == img.shape and p.dtype == np.float32
+        diff = float(np.max(np.abs(p - p_ref)))
+        ref_err = float(np.max(np.abs(p_ref - float64_probability(ref, img.astype(np.float32)))))
+        worst, worst_ref = max(worst, diff), max(worst_ref, ref_err)
+        bar = max(PARITY_ATOL, ref_err)
+        assert diff <= bar, f"{model} on {name}: max |diff| {diff:.2e} > {bar:.2e}"
+        # the binary masks agree except where the reference sits within the
+        # numerical tolerance of the threshold
+        b_ref = p_ref > 0.5
+        disagree = (p > 0.5) != b_ref
+        assert np.all(np.abs(p_ref[disagree] - 0.5) <= PARITY_ATOL)
+    print(
+        f"\nPARITY {model:22s} max |p_jax - p_torch| = {worst:.2e}"
+        f"   (torch float32 vs float64: {worst_ref:.2e})"
+    )
+
+
+@pytest.mark.parametrize("model", INPAINT_MODELS)
+def test_inpainting_matches_reference(model, real_frames):
+    from reference import reference
+
+    ref = reference("ACS-WFC", model)
+    cleaner = deepcr_jax.load("ACS-WFC", inpaint=model)
+    worst = 0.0
+    for name, img in _images(real_frames).items():
+        img = img.astype(np.float32)
+        m_ref, c_ref = ref.clean(img, segment=False, inpaint=True, binary=True)
+        m, c = cleaner.clean(img)
+        np.testing.assert_array_equal(m, m_ref.astype(bool), err_msg=f"{model} {name}: masks differ")
+        assert m.sum() > 0, f"{name}: no CR pixels, inpainting untested"
+        err = np.abs(c - c_ref) / np.maximum(np.abs(c_ref), 1.0)
+        worst = max(worst, float(err.max()))
+        assert err.max() <= INPAINT_RTOL, f"{model} on {name}: max relative diff {err.max():.2e}"
+        np.testing.assert_array_equal(c[~m], img[~m])
+    print(f"\nPARITY {model:22s} max |c_jax - c_torch| / max(|c_torch|, 1) = {worst:.2e}")
+
+
+def test_medmask_inpainting_matches_reference(real_frames):
+    from reference import reference
+
+    ref = reference("ACS-WFC")
+    cleaner = deepcr_jax.load("ACS-WFC", inpaint="medmask")
+    for name, img in real_frames.items():
+        img = img.astype(np.float32)
+        m_ref, c_ref = ref.clean(img, segment=False, inpaint=True, binary=True)
+        m, c = cleaner.clean(img)
+        np.testing.assert_array_equal(m, m_ref.astype(bool))
+        np.testing.assert_allclose(c, c_ref, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_medmask_matches_reference_util(real_frames, rng):
+    from deepCR.util import medmask as ref_medmask
+
+    from deepcr_jax.inpaint import medmask
+
+    for name, img in real_frames.items():
+        img = img.astype(np.float32)
+        mask = rng.random(img.shape) < 0.03
+        mask[:6, :6] = True  # a block with an empty window: the fallback path
+        mask[40:50, 60:63] = True
+        expected = ref_medmask(img, mask.astype(np.float32))
+        got = medmask(img, mask)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0, err_msg=name)
