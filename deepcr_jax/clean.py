@@ -26,6 +26,7 @@ import numpy as np
 from deepcr_jax.engine import Engine, resolve_dtype
 from deepcr_jax.inpaint import fill_ignored, medmask
 from deepcr_jax.model import PAD_MULTIPLE, ModelParams, load_params
+from deepcr_jax.tiling import default_halo, grid
 from deepcr_jax.zoo import list_models
 
 __all__ = ["clean", "load", "inpaint", "Cleaner", "CleanReport", "TILE_SIZES"]
@@ -170,11 +171,20 @@ class Cleaner:
 
     # -- engines ---------------------------------------------------------
 
-    def _tile_for(self, shape: tuple[int, int]) -> int:
-        if self.tile is not None:
-            return self.tile
+    def _tile_for(self, shape: tuple[int, int], depth: int) -> int:
+        """Tile side for a padded image: the user's, or the smallest offered that holds it.
+
+        A tile too small to hold the halo of a deeper network (64 for a
+        depth-3 inpainter) is raised to the smallest offered size that can.
+        """
         side = max(shape)
-        return next((t for t in TILE_SIZES if t >= side and t <= DEFAULT_TILE), DEFAULT_TILE)
+        if self.tile is not None:
+            tile = self.tile
+        else:
+            tile = next((t for t in TILE_SIZES if t >= side and t <= DEFAULT_TILE), DEFAULT_TILE)
+        if side > tile and tile <= 2 * default_halo(depth) + grid(depth):
+            tile = next(t for t in TILE_SIZES if t > 2 * default_halo(depth) + grid(depth))
+        return tile
 
     def engine(self, which: str, tile: int) -> Engine:
         """The compiled engine for ``which`` ("mask" or "inpaint") at tile size ``tile``."""
@@ -207,7 +217,8 @@ class Cleaner:
             p, py, px = _pad_top_left(x)
             padded.append(p)
             pads.append((py, px))
-        tile = self._tile_for(max((p.shape[:2] for p in padded), key=max))
+        depth = (self.params if which == "mask" else self.inpaint_params).depth
+        tile = self._tile_for(max((p.shape[:2] for p in padded), key=max), depth)
         outs = self.engine(which, tile).run(padded)
         return [o[py:, px:] for o, (py, px) in zip(outs, pads)]
 

@@ -1,0 +1,150 @@
+"""Contract 4: bad input, ignored/non-finite pixels, dtypes, the caller's array."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import synthetic_field
+
+import deepcr_jax
+
+
+@pytest.fixture(scope="module")
+def field():
+    img, cr = synthetic_field(np.random.default_rng(3), (96, 112), n_crs=20)
+    return img, cr
+
+
+@pytest.mark.parametrize(
+    "bad, err, match",
+    [
+        (np.zeros(10), ValueError, r"2-D \(ny, nx\) or 3-D \(n, ny, nx\); got shape \(10,\)"),
+        (np.zeros((2, 3, 4, 5)), ValueError, r"got shape \(2, 3, 4, 5\)"),
+        (np.zeros((0, 5)), ValueError, "empty"),
+        (np.zeros((4, 4), complex), TypeError, "complex"),
+        (np.array([[1, "a"], [2, 3]], dtype=object), TypeError, "object"),
+        (np.array([["a", "b"], ["c", "d"]]), TypeError, "numeric"),
+        (np.ones((4, 4), bool), TypeError, "numeric"),
+        (np.float32(3.0), ValueError, r"got shape \(\)"),
+    ],
+    ids=["1d", "4d", "empty", "complex", "object", "strings", "bool", "scalar"],
+)
+def test_bad_images_raise_naming_the_problem(bad, err, match):
+    with pytest.raises(err, match=match):
+        deepcr_jax.clean(bad)
+
+
+def test_bad_arguments_raise_naming_the_problem(field):
+    img, _ = field
+    with pytest.raises(ValueError, match=r"ignore must have the image's shape \(96, 112\); got \(96, 111\)"):
+        deepcr_jax.clean(img, ignore=np.zeros((96, 111), bool))
+    for t in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\]"):
+            deepcr_jax.clean(img, threshold=t)
+    with pytest.raises(TypeError, match="threshold must be a number"):
+        deepcr_jax.clean(img, threshold="0.5")
+    with pytest.raises(ValueError, match=r"unknown mask model 'ACS-WFC-F999W'; valid names: ACS-WFC, "):
+        deepcr_jax.clean(img, model="ACS-WFC-F999W")
+    with pytest.raises(ValueError, match="inpaint must be None, 'medmask' or one of ACS-WFC-F606W-2-32"):
+        deepcr_jax.clean(img, inpaint="median")
+    with pytest.raises(ValueError, match="unknown mask model 'ACS-WFC-F606W-2-32'"):
+        deepcr_jax.clean(img, model="ACS-WFC-F606W-2-32")  # an inpainter is not a mask model
+    with pytest.raises(ValueError, match="tile must be a multiple of 8"):
+        deepcr_jax.clean(img, tile=100)
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'bfloat16'"):
+        deepcr_jax.clean(img, dtype="float16")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        deepcr_jax.clean(img, model="/nonexistent/model.npz")
+
+
+def test_caller_array_is_never_modified(field):
+    img, _ = field
+    img = img.copy()
+    img[5, 5] = np.nan
+    before = img.copy()
+    ignore = np.zeros(img.shape, bool)
+    ignore[10:20, 10:20] = True
+    ignore_before = ignore.copy()
+    deepcr_jax.clean(img, ignore=ignore, inpaint="medmask")
+    deepcr_jax.clean(img, ignore=ignore, inpaint="ACS-WFC-F606W-2-32")
+    np.testing.assert_array_equal(img, before)
+    np.testing.assert_array_equal(ignore, ignore_before)
+
+
+def test_integer_float64_float16_and_jax_inputs(field):
+    img, _ = field
+    ref = deepcr_jax.clean(img.astype(np.float32), binary=False)
+    as_int = np.round(img).astype(np.int32)
+    p_int = deepcr_jax.clean(as_int, binary=False)
+    np.testing.assert_allclose(p_int, deepcr_jax.clean(as_int.astype(np.float32), binary=False))
+    np.testing.assert_allclose(deepcr_jax.clean(img.astype(np.float64), binary=False), ref, atol=1e-6)
+    p16 = deepcr_jax.clean(img.astype(np.float16), binary=False)
+    assert p16.dtype == np.float32 and p16.shape == img.shape
+    np.testing.assert_allclose(deepcr_jax.clean(jnp.asarray(img), binary=False), ref, atol=0)
+    m = deepcr_jax.clean(np.clip(as_int, 0, None).astype(np.uint16))
+    assert m.dtype == bool
+
+
+def test_binary_mask_is_probability_above_threshold(field):
+    img, cr = field
+    p = deepcr_jax.clean(img, binary=False)
+    for t in (0.1, 0.5, 0.9):
+        np.testing.assert_array_equal(deepcr_jax.clean(img, threshold=t), p > t)
+    assert deepcr_jax.clean(img).sum() > 0.5 * cr.sum()  # it finds the injected CRs
+
+
+def test_nonfinite_pixels_are_ignored_filled_and_reported(field):
+    img, _ = field
+    img = img.copy()
+    img[30, 40] = np.nan
+    img[31, 41] = np.inf
+    img[60:66, 70:76] = -np.inf
+    ignore = np.zeros(img.shape, bool)
+    ignore[0:3, 0:3] = True
+    cleaner = deepcr_jax.load("ACS-WFC", inpaint="medmask")
+    prob, cleaned = cleaner.clean(img, binary=False, ignore=ignore)
+    bad = ~np.isfinite(img) | ignore
+    assert np.all(prob[bad] == 0), "ignored pixels are never CRs"
+    assert np.all(np.isfinite(prob)) and np.all(np.isfinite(cleaned))
+    rep = cleaner.last_report
+    assert rep.n_nonfinite == 2 + 36 and rep.n_ignored == 2 + 36 + 9
+    # the fill uses the surroundings: inside the -inf block, values near the local sky
+    sky = np.median(img[np.isfinite(img)])
+    assert np.all(np.abs(cleaned[60:66, 70:76] - sky) < 10 * np.sqrt(sky) + 50)
+    # the neighbours of a NaN are not flagged because of it
+    clean_img = img.copy()
+    clean_img[bad] = cleaned[bad]
+    p_ref = deepcr_jax.clean(clean_img, binary=False)
+    assert np.abs(prob - p_ref)[~bad].max() < 1e-5
+
+
+def test_cleaned_image_replaces_only_masked_pixels(field):
+    img, cr = field
+    mask, cleaned = deepcr_jax.clean(img, inpaint="medmask")
+    np.testing.assert_array_equal(cleaned[~mask], img[~mask])
+    assert np.all(cleaned[mask] < img[mask]), "CR pixels are replaced by lower, sky-like values"
+    mask2, cleaned2 = deepcr_jax.clean(img, inpaint="ACS-WFC-F606W-2-32")
+    np.testing.assert_array_equal(mask, mask2)
+    np.testing.assert_array_equal(cleaned2[~mask], img[~mask])
+
+
+def test_inpaint_function_and_stack_shapes(field):
+    img, cr = field
+    out = deepcr_jax.inpaint(img, cr)
+    np.testing.assert_array_equal(out[~cr], img[~cr])
+    stack = np.stack([img, img[::-1].copy()])
+    masks, cleaned = deepcr_jax.clean(stack, inpaint="medmask")
+    assert masks.shape == cleaned.shape == stack.shape and masks.dtype == bool
+    with pytest.raises(ValueError, match="non-finite"):
+        deepcr_jax.inpaint(np.where(cr, np.nan, img), np.zeros_like(cr))
+
+
+def test_list_models_and_load_params_errors():
+    names = deepcr_jax.list_models()
+    assert len(names) == 10
+    assert set(deepcr_jax.list_models("inpaint")) == {"ACS-WFC-F606W-2-32", "ACS-WFC-F606W-3-32"}
+    with pytest.raises(ValueError, match="a mask network is needed"):
+        deepcr_jax.load_params(deepcr_jax.zoo.weights_path("ACS-WFC-F606W-2-32"), kind="mask")
+    with pytest.raises(ValueError, match="kind must be"):
+        deepcr_jax.list_models("masks")
