@@ -1,0 +1,168 @@
+"""Speed: deepcr-jax side by side with deepCR (PyTorch) and astroscrappy, in one run.
+
+Workloads (the paper's plus full frames):
+  * 100 stamps of 256x256 (mask 2-32 and 2-4; inpaint 2-32 and 3-32),
+  * one ACS/WFC chip, 4096x2048 (mask 2-32).
+Every peer runs on the same simulated electrons, with the same threads (all
+cores), after a warm-up; best and median of repeats are reported, with
+``block_until_ready`` / numpy results. Results: benchmarks/results/speed.{md,json}.
+
+    python benchmarks/bench_speed.py [--quick] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import machine, timeit, write_results  # noqa: E402
+
+import deepcr_jax  # noqa: E402
+from deepcr_jax.simulate import make_stamps, simulate_chip, simulate_exposure  # noqa: E402
+
+#: multiply-adds x 2 per pixel of the 2-32 mask network (3x3 convs dominate)
+def flops_per_pixel(depth: int, hidden: int, cin: int = 1) -> float:
+    h = hidden
+    f = 9 * (cin * h + h * h)  # inc at full resolution
+    f += 9 * (h * 2 * h + 4 * h * h) / 4  # down1 at 1/4 of the pixels
+    if depth == 3:
+        f += 9 * (2 * h * 4 * h + 16 * h * h) / 16 + (4 * h * 2 * h) / 4 + 9 * (4 * h * 2 * h + 4 * h * h) / 4
+    f += (2 * h * h)  # transposed conv (per output pixel)
+    f += 9 * (2 * h * h + h * h) + h  # up8 + outc
+    return 2 * f
+
+
+def torch_peers(model: str, stamps: np.ndarray, inpaint: str | None, masks: np.ndarray | None):
+    """The reference: its documented clean() loop and its best tuned forward."""
+    import deepCR  # noqa: F401
+    import torch
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from reference import reference
+
+    torch.set_num_threads(os.cpu_count())
+    ref = reference(model, inpaint)
+    out = {}
+    if inpaint is None:
+        out["deepCR clean() loop"] = lambda: [ref.clean(s) for s in stamps]
+        net = ref.maskNet.module.to(memory_format=torch.channels_last)
+        xs = [torch.from_numpy(s / np.float32(ref.scale))[None, None].contiguous(memory_format=torch.channels_last)
+              for s in stamps]
+    else:
+        out["deepCR inpaint() loop"] = lambda: [ref.inpaint(s, m) for s, m in zip(stamps, masks)]
+        net = ref.inpaintNet.module.to(memory_format=torch.channels_last)
+        xs = [torch.from_numpy(np.stack([s * (1 - m), m]).astype(np.float32))[None].contiguous(
+            memory_format=torch.channels_last) for s, m in zip(stamps, masks.astype(np.float32))]
+
+    def tuned():
+        with torch.no_grad():
+            for x in xs:
+                net(x)
+
+    out["deepCR tuned forward (no_grad, channels_last, batch 1)"] = tuned
+    return out
+
+
+def astroscrappy_peer(stamps: np.ndarray, ignore: np.ndarray):
+    import astroscrappy
+
+    def run():
+        for s, ign in zip(stamps, ignore):
+            astroscrappy.detect_cosmics(s, inmask=ign, sigclip=4.5, sigfrac=0.3, objlim=2, niter=4,
+                                        sepmed=False, readnoise=5.0, satlevel=np.inf, gain=1.0)
+    return run
+
+
+def jax_peers(model: str, stamps: np.ndarray, inpaint: str | None, masks, tile: int, batches=(1,)):
+    out = {}
+    for b in batches:
+        if inpaint is None:
+            cleaner = deepcr_jax.load(model, tile=tile, batch=b)
+            out[f"deepcr-jax clean(stack), tile {tile}, batch {b}"] = lambda c=cleaner: c.clean(stamps)
+        else:
+            cleaner = deepcr_jax.load(model, inpaint=inpaint, tile=tile, batch=b)
+            out[f"deepcr-jax inpaint(stack), tile {tile}, batch {b}"] = lambda c=cleaner: c.inpaint(stamps, masks)
+    if inpaint is None:
+        params = deepcr_jax.load_params(model)
+        fwd = jax.jit(deepcr_jax.predict)
+        xs = [jax.device_put(s[None]) for s in stamps]
+
+        def pure():
+            ys = [fwd(params, x) for x in xs]
+            jax.block_until_ready(ys)
+
+        out["deepcr-jax jit(predict), batch 1 (device arrays)"] = pure
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="10 stamps, a 1024x1024 frame, 1 repeat")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batches", default="1", help="comma-separated tile batch sizes for deepcr-jax")
+    ap.add_argument("--skip-chip", action="store_true")
+    args = ap.parse_args(argv)
+    n = 10 if args.quick else 100
+    repeats = 1 if args.quick else args.repeats
+    batches = tuple(int(b) for b in args.batches.split(","))
+    st = make_stamps(n, "mixed", seed=11)
+    stamps, masks = st.image, st.cr_mask
+    rows, data = [], {"machine": machine(), "results": []}
+
+    def record(workload, pixels, fl, peers):
+        base = None
+        for name, fn in peers.items():
+            t = timeit(fn, repeats=repeats)
+            if base is None and name.startswith("deepCR"):
+                base = t["best"]
+            data["results"].append({"workload": workload, "peer": name, **t, "gflops": fl / t["best"] / 1e9})
+            speed = f"{base / t['best']:.2f}x" if base else "-"
+            rows.append([workload, name, f"{t['best']:.2f}", f"{t['median']:.2f}", f"{fl / t['best'] / 1e9:.0f}", speed])
+            print(rows[-1], flush=True)
+
+    for model, label in (("ACS-WFC", "mask 2-32"), ("ACS-WFC-F606W-2-4", "mask 2-4")):
+        spec = deepcr_jax.MODELS[model]
+        fl = flops_per_pixel(spec.arch.depth, spec.arch.hidden) * stamps.size
+        peers = torch_peers(model, stamps, None, None)
+        peers.update(jax_peers(model, stamps, None, None, 256, batches))
+        if label == "mask 2-32":
+            peers["astroscrappy (LACosmic, all cores)"] = astroscrappy_peer(stamps, st.ignore)
+        record(f"{n} stamps 256x256, {label}", stamps.size, fl, peers)
+    for model, label in (("ACS-WFC-F606W-2-32", "inpaint 2-32"), ("ACS-WFC-F606W-3-32", "inpaint 3-32")):
+        spec = deepcr_jax.MODELS[model]
+        fl = flops_per_pixel(spec.arch.depth, spec.arch.hidden, 2) * stamps.size
+        peers = torch_peers("ACS-WFC", stamps, model, masks)
+        peers.update(jax_peers("ACS-WFC", stamps, model, masks, 256, batches))
+        record(f"{n} stamps 256x256, {label}", stamps.size, fl, peers)
+    if not args.skip_chip:
+        if args.quick:
+            chip = simulate_exposure("extragalactic", (1024, 1024), seed=5).image
+        else:
+            chip = simulate_chip("extragalactic", seed=5).image
+        fl = flops_per_pixel(2, 32) * chip.size
+        from reference import reference
+
+        ref = reference("ACS-WFC")
+        peers = {
+            "deepCR clean() (segment=True, patch 1024)": lambda: ref.clean(chip),
+            "deepCR clean(segment=False)": lambda: ref.clean(chip, segment=False),
+        }
+        for tile in (256, 512, 1024):
+            c = deepcr_jax.load("ACS-WFC", tile=tile, batch=1)
+            peers[f"deepcr-jax clean, tile {tile}, batch 1"] = lambda c=c: c.clean(chip)
+        peers["astroscrappy (LACosmic, all cores)"] = astroscrappy_peer(chip[None], np.zeros((1, *chip.shape), bool))
+        record(f"chip {chip.shape[0]}x{chip.shape[1]}, mask 2-32", chip.size, fl, peers)
+
+    header = ["workload", "implementation", "best [s]", "median [s]", "GFLOP/s", "speed-up vs first deepCR row"]
+    text = write_results("speed", "Speed: deepcr-jax vs deepCR (PyTorch) vs astroscrappy", header, rows, data)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
