@@ -128,6 +128,8 @@ class Cleaner:
 
     Create with :func:`load`. Reuse it for many images: the network is
     compiled once per tile size and every image size reuses it.
+    ``devices`` (sequence of ``jax.Device``) pins the engines to those
+    devices; default all local devices.
     """
 
     def __init__(
@@ -138,8 +140,10 @@ class Cleaner:
         tile: int | None = None,
         batch: int | None = None,
         dtype: str = "float32",
+        devices=None,
     ) -> None:
         self.params: ModelParams = load_params(model, kind="mask")
+        self.devices = None if devices is None else list(devices)
         self.inpaint_method: str | None = None
         self.inpaint_params: ModelParams | None = None
         if inpaint is not None:
@@ -191,7 +195,9 @@ class Cleaner:
         key = (which, tile)
         if key not in self._engines:
             params = self.params if which == "mask" else self.inpaint_params
-            self._engines[key] = Engine(params, tile=tile, batch=self.batch, dtype=self.dtype)
+            self._engines[key] = Engine(
+                params, tile=tile, batch=self.batch, dtype=self.dtype, devices=self.devices
+            )
         return self._engines[key]
 
     @property

@@ -66,34 +66,24 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (
 # argument parsing
 
 
-def _bits(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer (e.g. 8192 or 0x2000); got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer; got {text!r}")
-    return value
+def _arg_type(convert, ok, expected: str):
+    """argparse ``type=``: ``convert(text)``, accepted when ``ok(value)``."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return value
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1]; got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1]; got {text!r}")
-    return value
+_bits = _arg_type(lambda t: int(t, 0), lambda v: v >= 0, "a non-negative integer (e.g. 8192 or 0x2000)")
+_positive_int = _arg_type(int, lambda v: v > 0, "a positive integer")
+_probability = _arg_type(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

@@ -60,29 +60,9 @@ from typing import Any
 import numpy as np
 
 from deepcr_jax.clean import Cleaner
-from deepcr_jax.engine import Engine
 from deepcr_jax.zoo import MODELS, list_models
 
 __all__ = ["deepCR"]
-
-
-class _PinnedCleaner(Cleaner):
-    """A :class:`Cleaner` whose engines run on given devices (None: JAX's default ones)."""
-
-    def __init__(self, *args: Any, devices: list | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._devices = devices
-
-    def engine(self, which: str, tile: int) -> Engine:
-        if self._devices is None:
-            return super().engine(which, tile)
-        key = (which, tile)
-        if key not in self._engines:
-            params = self.params if which == "mask" else self.inpaint_params
-            self._engines[key] = Engine(
-                params, tile=tile, batch=self.batch, dtype=self.dtype, devices=self._devices
-            )
-        return self._engines[key]
 
 
 def _devices_for(device: Any) -> tuple[list | None, Any]:
@@ -195,7 +175,7 @@ class deepCR:
         self.norm = bool(self.cleaner.params.standardize)
 
     def _load(self, model: str, inpaint: str) -> Cleaner:
-        return _PinnedCleaner(model, inpaint=inpaint, devices=self._devices)
+        return Cleaner(model, inpaint=inpaint, devices=self._devices)
 
     @contextlib.contextmanager
     def _on_device(self) -> Iterator[None]:
