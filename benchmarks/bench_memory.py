@@ -18,7 +18,7 @@ import sys
 import textwrap
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine, write_results  # noqa: E402
+from _common import machine, write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

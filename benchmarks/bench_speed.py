@@ -20,10 +20,11 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine, timeit, write_results  # noqa: E402
+from _common import machine, timeit, write_results
 
-import deepcr_jax  # noqa: E402
-from deepcr_jax.simulate import make_stamps, simulate_chip, simulate_exposure  # noqa: E402
+import deepcr_jax
+from deepcr_jax.simulate import make_stamps, simulate_chip, simulate_exposure
+
 
 #: multiply-adds x 2 per pixel of the 2-32 mask network (3x3 convs dominate)
 def flops_per_pixel(depth: int, hidden: int, cin: int = 1) -> float:

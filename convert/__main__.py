@@ -18,7 +18,14 @@ import sys
 
 import numpy as np
 
-from deepcr_jax.convert import convert_state_dict, flatten, load_npz, load_torch_state_dict, save_npz, sha256_file
+from deepcr_jax.convert import (
+    convert_state_dict,
+    flatten,
+    load_npz,
+    load_torch_state_dict,
+    save_npz,
+    sha256_file,
+)
 from deepcr_jax.zoo import MODELS, weights_path
 
 NOTICE = """\

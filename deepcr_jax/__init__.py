@@ -17,15 +17,15 @@ from deepcr_jax.zoo import MODELS, list_models
 __version__ = "0.1.0"
 
 __all__ = [
-    "clean",
-    "load",
-    "inpaint",
-    "Cleaner",
+    "MODELS",
     "CleanReport",
+    "Cleaner",
+    "ModelParams",
+    "__version__",
+    "clean",
+    "inpaint",
+    "list_models",
+    "load",
     "load_params",
     "predict",
-    "ModelParams",
-    "list_models",
-    "MODELS",
-    "__version__",
 ]

@@ -29,7 +29,7 @@ from deepcr_jax.model import PAD_MULTIPLE, ModelParams, load_params
 from deepcr_jax.tiling import default_halo, grid
 from deepcr_jax.zoo import list_models
 
-__all__ = ["clean", "load", "inpaint", "Cleaner", "CleanReport", "TILE_SIZES"]
+__all__ = ["TILE_SIZES", "CleanReport", "Cleaner", "clean", "inpaint", "load"]
 
 #: Tile sides offered (network input S × S). Images that fit in one tile run
 #: whole; larger ones are tiled with the largest.

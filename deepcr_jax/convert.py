@@ -28,17 +28,17 @@ from deepcr_jax.nets import BN_EPS
 __all__ = [
     "Architecture",
     "ConversionError",
-    "load_torch_state_dict",
-    "infer_architecture",
-    "torch_key_table",
     "convert_state_dict",
-    "fold",
-    "inference_variables",
     "flatten",
-    "unflatten",
-    "save_npz",
+    "fold",
+    "infer_architecture",
+    "inference_variables",
     "load_npz",
+    "load_torch_state_dict",
+    "save_npz",
     "sha256_file",
+    "torch_key_table",
+    "unflatten",
 ]
 
 NUM_BATCHES_TRACKED = "num_batches_tracked"
@@ -121,7 +121,7 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ConversionError(f"{path}: expected a state dict, got {type(raw).__name__}")
     out: dict[str, np.ndarray] = {}
     for key, tensor in raw.items():
-        name = key[len("module.") :] if key.startswith("module.") else key
+        name = key.removeprefix("module.")
         if name in out:
             raise ConversionError(f"{path}: key {name!r} appears twice (with and without 'module.')")
         out[name] = tensor.detach().cpu().numpy()
@@ -257,7 +257,7 @@ def convert_state_dict(
     """
     sd = {}
     for key, value in state_dict.items():
-        name = key[len("module.") :] if key.startswith("module.") else key
+        name = key.removeprefix("module.")
         sd[name] = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
     arch = arch or infer_architecture(sd)
     table = torch_key_table(arch)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["medmask", "window_medians", "fill_ignored"]
+__all__ = ["fill_ignored", "medmask", "window_medians"]
 
 _OFFSETS = np.arange(-2, 3)
 

@@ -27,7 +27,7 @@ from deepcr_jax.convert import Architecture, inference_variables, load_npz
 from deepcr_jax.nets import UNet
 from deepcr_jax.zoo import ModelSpec, get_spec, weights_path
 
-__all__ = ["ModelParams", "load_params", "load_variables", "predict", "network_forward", "PAD_MULTIPLE"]
+__all__ = ["PAD_MULTIPLE", "ModelParams", "load_params", "load_variables", "network_forward", "predict"]
 
 #: deepCR pads images at the top/left with zeros to a multiple of 4.
 PAD_MULTIPLE = 4

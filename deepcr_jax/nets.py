@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["UNet", "BatchNorm", "Affine", "WeightNormConv", "ConvTranspose2x2", "DoubleConv"]
+__all__ = ["Affine", "BatchNorm", "ConvTranspose2x2", "DoubleConv", "UNet", "WeightNormConv"]
 
 Norm = Literal["batch", "weight", "affine", "none"]
 Head = Literal["sigmoid", "identity"]

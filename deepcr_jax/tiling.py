@@ -21,9 +21,10 @@ top/left to a multiple of 4 before the network).
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 
-__all__ = ["receptive_radius", "default_halo", "TilePlan", "plan_tiles", "copy_window"]
+__all__ = ["TilePlan", "copy_window", "default_halo", "plan_tiles", "receptive_radius"]
 
 # Largest distance (pixels) at which an input pixel can influence an output
 # pixel: 3×3 convs add 1 level-pixel each (2 per block, encoder and decoder),

@@ -26,7 +26,7 @@ from importlib import resources
 
 from deepcr_jax.convert import Architecture
 
-__all__ = ["ModelSpec", "MODELS", "list_models", "get_spec", "weights_path"]
+__all__ = ["MODELS", "ModelSpec", "get_spec", "list_models", "weights_path"]
 
 #: deepCR's own default for ``clean(threshold=...)``.
 REFERENCE_THRESHOLD = 0.5

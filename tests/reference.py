@@ -18,7 +18,7 @@ def learned_models_root() -> str:
     return os.path.dirname(list(spec.submodule_search_locations)[0])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(mask: str, inpaint: str | None = None):
     """A ``deepCR.deepCR`` instance for zoo mask model ``mask`` (and inpainter)."""
     import deepCR  # noqa: F401  (must precede learned_models: circular import)

@@ -82,7 +82,7 @@ def test_halo_covers_receptive_field():
         assert default_halo(params.depth) >= r and default_halo(params.depth) % 2**params.depth == 0
         n = 96
         x = np.random.default_rng(1).normal(0, 1, (1, n, n, params.in_channels)).astype(np.float32)
-        g = jax.grad(lambda x: network_forward(params, x)[0, 48, 49])(x)
+        g = jax.grad(lambda x, p=params: network_forward(p, x)[0, 48, 49])(x)
         ys, xs = np.nonzero(np.abs(np.asarray(g)[0]).sum(-1))
         reach = max(np.abs(ys - 48).max(), np.abs(xs - 49).max())
         assert 0 < reach <= r
