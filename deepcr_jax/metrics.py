@@ -15,10 +15,10 @@ __all__ = [
     "PAPER_FPRS",
     "confusion",
     "default_thresholds",
+    "inpaint_mse",
     "roc",
     "tpr_at_fpr",
     "tpr_at_paper_fprs",
-    "inpaint_mse",
 ]
 
 #: False-positive rates quoted in the deepCR paper (0.05 % and 0.5 %).

@@ -83,12 +83,7 @@ def _tracks(rng: np.random.Generator, n: int, ny: int, nx: int):
     tan_t = np.minimum(np.sqrt(1 - cos_t**2) / cos_t, _MAX_TAN)
     phi = rng.uniform(0, 2 * np.pi, n)
     path_um = DEPTH_UM * np.sqrt(1 + tan_t**2)
-    charge = (
-        Q_MPV_PER_UM
-        * path_um
-        * _straggling(rng, n)
-        * np.exp(SPECIES_SIGMA * rng.standard_normal(n))
-    )
+    charge = Q_MPV_PER_UM * path_um * _straggling(rng, n) * np.exp(SPECIES_SIGMA * rng.standard_normal(n))
     length = DEPTH_UM / PIXEL_UM * tan_t
     is_worm = rng.uniform(size=n) < WORM_FRACTION
 
@@ -124,9 +119,7 @@ def _tracks(rng: np.random.Generator, n: int, ny: int, nx: int):
         wx = x0[wev] + cx
         wsig = np.repeat(rng.uniform(SIGMA_FRONT, SIGMA_BACK, widx.size), nsteps)
         # worms: ~ 1.5x MIP deposit per micron of 2-D path
-        charge[widx] = (
-            1.5 * Q_MPV_PER_UM * PIXEL_UM * 0.5 * nsteps * _straggling(rng, widx.size)
-        )
+        charge[widx] = 1.5 * Q_MPV_PER_UM * PIXEL_UM * 0.5 * nsteps * _straggling(rng, widx.size)
         keep = ~is_worm[ev]
         ev = np.concatenate([ev[keep], wev])
         ys = np.concatenate([ys[keep], wy])

@@ -111,10 +111,7 @@ def cr_truth_mask(
     cr_charge = _check_2d("cr_charge", cr_charge)
     expected = _check_2d("expected", expected)
     if cr_charge.shape != expected.shape:
-        raise ValueError(
-            f"expected must have the shape of cr_charge {cr_charge.shape}, "
-            f"got {expected.shape}"
-        )
+        raise ValueError(f"expected must have the shape of cr_charge {cr_charge.shape}, got {expected.shape}")
     if not readnoise >= 0:
         raise ValueError(f"readnoise must be >= 0, got {readnoise!r}")
     if not seed_snr > 0 or not grow_snr > 0:

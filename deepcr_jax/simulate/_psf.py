@@ -38,9 +38,7 @@ _WAVE_WEIGHTS = np.array([0.7, 1.0, 1.0, 1.0, 0.8])
 #: Gaussian sigma (pixels) for jitter + aberrations; tuned so FWHM ~ 2 px.
 _JITTER_SIGMA_PX = 0.45
 #: ACS/WFC-like charge-diffusion kernel at ~600 nm (sums to one).
-DIFFUSION_KERNEL = np.array(
-    [[0.02, 0.08, 0.02], [0.08, 0.60, 0.08], [0.02, 0.08, 0.02]], dtype=np.float64
-)
+DIFFUSION_KERNEL = np.array([[0.02, 0.08, 0.02], [0.08, 0.60, 0.08], [0.02, 0.08, 0.02]], dtype=np.float64)
 _PUPIL_SAMPLES = 64
 
 
@@ -126,6 +124,45 @@ def effective_psf_fine(include_pixel: bool = True) -> np.ndarray:
     return psf / psf.sum()
 
 
+#: Start of the radial taper of the core kernels (pixels); zero at KERNEL_RADIUS.
+TAPER_START = 16.0
+#: Half-size in pixels of the far-wing (halo) kernel used for bright stars.
+HALO_RADIUS = 128
+
+
+def _taper(r: np.ndarray) -> np.ndarray:
+    """1 inside TAPER_START, cos^2 roll-off to 0 at KERNEL_RADIUS."""
+    x = np.clip((r - TAPER_START) / (KERNEL_RADIUS - TAPER_START), 0.0, 1.0)
+    return np.cos(0.5 * np.pi * x) ** 2
+
+
+@lru_cache(maxsize=1)
+def halo_kernel() -> np.ndarray:
+    """Far wings of the point-source PSF for bright stars, phase 0.
+
+    The azimuthal median of the effective PSF between 10 and 22 px is fitted
+    by ``A / r**3`` (the diffraction envelope); the halo is that law times
+    ``1 - taper(r)`` (complementing the tapered core kernels) and rolled off
+    smoothly to zero at ``HALO_RADIUS``.  Shape ``(2H+1, 2H+1)``.
+    """
+    fine = effective_psf_fine(True)
+    c = fine.shape[0] // 2
+    r_core = KERNEL_RADIUS
+    offs = np.arange(-r_core, r_core + 1)
+    k = fine[np.ix_(c + offs * OVERSAMPLE, c + offs * OVERSAMPLE)]
+    k = k / k.sum()  # per-pixel units, like the phase kernels
+    rr = np.hypot(*np.meshgrid(offs, offs, indexing="ij"))
+    sel = (rr >= 10) & (rr <= 22)
+    amp = float(np.median(k[sel] * rr[sel] ** 3))
+    h = HALO_RADIUS
+    o = np.arange(-h, h + 1)
+    r = np.hypot(*np.meshgrid(o, o, indexing="ij"))
+    out_taper = np.cos(0.5 * np.pi * np.clip((r - 0.75 * h) / (0.25 * h), 0, 1)) ** 2
+    halo = amp / np.maximum(r, 1.0) ** 3 * (1.0 - _taper(r)) * out_taper
+    halo.setflags(write=False)
+    return halo
+
+
 @lru_cache(maxsize=4)
 def phase_kernels(include_pixel: bool = True) -> np.ndarray:
     """Pixel-level kernels for every sub-pixel phase.
@@ -133,7 +170,8 @@ def phase_kernels(include_pixel: bool = True) -> np.ndarray:
     Returns an array ``(N_PHASE, N_PHASE, 2R+1, 2R+1)``; entry ``[py, px]``
     is the image of a unit-flux point source located at
     ``(py / N_PHASE, px / N_PHASE)`` pixels from the centre of the central
-    kernel pixel ``[R, R]``.
+    kernel pixel ``[R, R]``.  Kernels are tapered radially (see ``_taper``)
+    to avoid a square truncation edge and normalised to unit sum.
     """
     fine = effective_psf_fine(include_pixel)
     os_ = OVERSAMPLE
@@ -147,6 +185,9 @@ def phase_kernels(include_pixel: bool = True) -> np.ndarray:
         for px in range(N_PHASE):
             ix = c + offs - px * step
             k = fine[np.ix_(iy, ix)]
+            dy = np.arange(-r, r + 1) - py / N_PHASE
+            dx = np.arange(-r, r + 1) - px / N_PHASE
+            k = k * _taper(np.hypot(dy[:, None], dx[None, :]))
             out[py, px] = k / k.sum()
     out.setflags(write=False)
     return out

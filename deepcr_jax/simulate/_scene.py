@@ -21,6 +21,8 @@ __all__: list[str] = []
 
 ZEROPOINT = 26.5
 _TILE = 512
+#: Stars brighter than this (e-/s, F606W ~19.8 mag) also get the far-wing halo.
+HALO_MIN_RATE = 500.0
 
 
 def mag_to_rate(mag: np.ndarray) -> np.ndarray:
@@ -192,6 +194,31 @@ def _diffuse(comp: tuple, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=2)
+def _halo_fft(fft_shape: tuple[int, int]) -> np.ndarray:
+    return sfft.rfft2(_psf.halo_kernel(), s=fft_shape)
+
+
+def _render_halos(stars: dict, ty: int, tx: int, th: int, tw: int) -> np.ndarray | None:
+    """Far wings of bright stars on the tile (nearest-pixel placement)."""
+    h = _psf.HALO_RADIUS
+    bright = stars["rate"] > HALO_MIN_RATE
+    if not bright.any():
+        return None
+    cy = np.rint(stars["y"][bright]).astype(np.int64) - ty + h
+    cx = np.rint(stars["x"][bright]).astype(np.int64) - tx + h
+    hc, wc = th + 2 * h, tw + 2 * h
+    ok = (cy >= 0) & (cy < hc) & (cx >= 0) & (cx < wc)
+    if not ok.any():
+        return None
+    plane = np.bincount(cy[ok] * wc + cx[ok], weights=stars["rate"][bright][ok], minlength=hc * wc).reshape(
+        hc, wc
+    )
+    fft_shape = (sfft.next_fast_len(hc + 2 * h), sfft.next_fast_len(wc + 2 * h, real=True))
+    full = sfft.irfft2(sfft.rfft2(plane, s=fft_shape) * _halo_fft(fft_shape), s=fft_shape)
+    return full[2 * h : 2 * h + th, 2 * h : 2 * h + tw]
+
+
+@lru_cache(maxsize=2)
 def _kernel_fft(fft_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     ks = _psf.phase_kernels(True)
     p = _psf.N_PHASE
@@ -247,4 +274,8 @@ def _render_tile(scene: dict, ty: int, tx: int, th: int, tw: int) -> np.ndarray:
     if ext.any():
         acc += sfft.rfft2(ext, s=fft_shape) * ke
     full = sfft.irfft2(acc, s=fft_shape)
-    return full[2 * r : 2 * r + th, 2 * r : 2 * r + tw]
+    out = full[2 * r : 2 * r + th, 2 * r : 2 * r + tw]
+    halo = _render_halos(st, ty, tx, th, tw)
+    if halo is not None:
+        out = out + halo
+    return out
