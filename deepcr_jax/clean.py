@@ -26,15 +26,14 @@ import numpy as np
 from deepcr_jax.engine import Engine, resolve_dtype
 from deepcr_jax.inpaint import fill_ignored, medmask
 from deepcr_jax.model import PAD_MULTIPLE, ModelParams, load_params
-from deepcr_jax.tiling import default_halo, grid
+from deepcr_jax.tiling import default_halo, grid, plan_tiles
 from deepcr_jax.zoo import list_models
 
 __all__ = ["TILE_SIZES", "CleanReport", "Cleaner", "clean", "inpaint", "load"]
 
-#: Tile sides offered (network input S × S). Images that fit in one tile run
-#: whole; larger ones are tiled with the largest.
+#: Tile sides offered (network input S × S); by default each image runs with
+#: the one that wastes least (see ``Cleaner._tile_for``).
 TILE_SIZES = (64, 128, 256, 512, 1024)
-DEFAULT_TILE = 512
 DEFAULT_BATCH = 1
 
 
@@ -176,19 +175,22 @@ class Cleaner:
     # -- engines ---------------------------------------------------------
 
     def _tile_for(self, shape: tuple[int, int], depth: int) -> int:
-        """Tile side for a padded image: the user's, or the smallest offered that holds it.
+        """Tile side for a padded image of ``shape``.
 
-        A tile too small to hold the halo of a deeper network (64 for a
-        depth-3 inpainter) is raised to the smallest offered size that can.
+        The user's ``tile`` if given (raised to the smallest offered size
+        that holds a deeper network's halo, if too small). Otherwise the
+        offered size that computes the fewest pixels in total (tiles × S²,
+        halos and padding included), the larger one on ties: a 256² stamp
+        runs as one 256 tile, a 1000² image as one 1024 tile, a 4096×2048
+        chip as 256 tiles.
         """
-        side = max(shape)
+        smallest = 2 * default_halo(depth) + grid(depth)
         if self.tile is not None:
-            tile = self.tile
-        else:
-            tile = next((t for t in TILE_SIZES if t >= side and t <= DEFAULT_TILE), DEFAULT_TILE)
-        if side > tile and tile <= 2 * default_halo(depth) + grid(depth):
-            tile = next(t for t in TILE_SIZES if t > 2 * default_halo(depth) + grid(depth))
-        return tile
+            if max(shape) > self.tile and self.tile <= smallest:
+                return next(t for t in TILE_SIZES if t > smallest)
+            return self.tile
+        options = [t for t in TILE_SIZES if t > smallest or max(shape) <= t]
+        return min(options, key=lambda t: (len(plan_tiles(shape, t, depth)) * t * t, -t))
 
     def engine(self, which: str, tile: int) -> Engine:
         """The compiled engine for ``which`` ("mask" or "inpaint") at tile size ``tile``."""
@@ -370,9 +372,10 @@ def load(
         ``"medmask"`` or an inpainting zoo name (``"ACS-WFC-F606W-2-32"``,
         ``"ACS-WFC-F606W-3-32"``); None: masks only.
     tile : int, optional
-        Tile side S (multiple of 8). Default: the smallest of
-        :data:`TILE_SIZES` (up to 512) that holds the whole image, else 512
-        with seam-free overlapping tiles.
+        Tile side S (multiple of 8). Default: per image, the size of
+        :data:`TILE_SIZES` that computes the fewest pixels (one tile for
+        images up to 1024², seam-free overlapping 256 tiles for HST chips).
+        A fixed ``tile`` compiles once for every image size.
     batch : int, optional
         Tiles per network call (rounded up to a multiple of the device
         count). Default 1 (fastest on CPU); raise it on GPU/TPU.
