@@ -55,8 +55,11 @@ def run_child(size: int, peer: str, tile: int = 512, batch: int = 1) -> dict:
     tests = os.path.join(HERE, "..", "tests")
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(size), peer, str(tile), str(batch), tests],
-        check=True, capture_output=True, text=True, timeout=1800,
+        capture_output=True, text=True, timeout=1800,
     )
+    if out.returncode != 0:
+        why = "killed (SIGKILL: out of memory)" if out.returncode == -9 else f"failed (exit {out.returncode})"
+        return {"error": why, "stderr_tail": out.stderr[-2000:]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -74,7 +77,10 @@ def main(argv=None) -> int:
         r.update(peer=peer, tile=tile, batch=batch)
         data["results"].append(r)
         cfg = f"tile {tile}, batch {batch}" if peer == "deepcr-jax" else ("patch 1024" if "True" in peer else "whole image")
-        rows.append([f"{args.size}x{args.size}", peer, cfg, f"{r['peak_rss_mb']:.0f}", f"{r['seconds']:.1f}"])
+        if "error" in r:
+            rows.append([f"{args.size}x{args.size}", peer, cfg, r["error"], "-"])
+        else:
+            rows.append([f"{args.size}x{args.size}", peer, cfg, f"{r['peak_rss_mb']:.0f}", f"{r['seconds']:.1f}"])
         print(rows[-1], flush=True)
     text = write_results("memory", f"Peak memory, one {args.size}x{args.size} float32 frame (fresh process each)",
                          ["frame", "implementation", "config", "peak RSS [MB]", "wall [s] (incl. compile/load)"],

@@ -107,6 +107,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batches", default="1", help="comma-separated tile batch sizes for deepcr-jax")
     ap.add_argument("--skip-chip", action="store_true")
+    ap.add_argument("--stem", default="speed", help="results file name (results/<stem>.md/.json)")
     args = ap.parse_args(argv)
     n = 10 if args.quick else 100
     repeats = 1 if args.quick else args.repeats
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
         record(f"chip {chip.shape[0]}x{chip.shape[1]}, mask 2-32", chip.size, fl, peers)
 
     header = ["workload", "implementation", "best [s]", "median [s]", "GFLOP/s", "speed-up vs first deepCR row"]
-    text = write_results("speed", "Speed: deepcr-jax vs deepCR (PyTorch) vs astroscrappy", header, rows, data)
+    text = write_results(args.stem, "Speed: deepcr-jax vs deepCR (PyTorch) vs astroscrappy", header, rows, data)
     print(text)
     return 0
 
