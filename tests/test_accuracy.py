@@ -1,0 +1,115 @@
+"""Smoke test of the accuracy benchmark (benchmarks/accuracy.py --quick).
+
+Runs the script in a subprocess (3 stamps per field, coarse LACosmic sweep)
+into a temporary folder and checks the files it writes, the structure of
+``accuracy.json`` and basic sanity of the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("astroscrappy")
+pytest.importorskip("skimage")
+pytest.importorskip("matplotlib")
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "accuracy.py"
+FIELDS = ("extragalactic", "globular", "resolved")
+FPRS = ("0.0005", "0.005")
+INPAINTERS = ("deepCR-2-32", "deepCR-3-32", "medmask", "biharmonic")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """Run ``accuracy.py --quick`` once; return (output dir, parsed JSON, markdown text)."""
+    out = tmp_path_factory.mktemp("accuracy")
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), MPLBACKEND="Agg")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--seed", "7", "--outdir", str(out)],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=85,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / "accuracy.json").read_text())
+    return out, data, (out / "accuracy.md").read_text()
+
+
+def test_files_written(quick_run):
+    out, _, md = quick_run
+    names = ["accuracy.md", "accuracy.json", "accuracy_roc_models.png"]
+    names += [f"accuracy_roc_{f}.png" for f in FIELDS]
+    for name in names:
+        path = out / name
+        assert path.is_file() and path.stat().st_size > 0, name
+    for name in names:
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Table 2" in md and "Table 3" in md
+    assert "--quick" in md  # the command is recorded
+
+
+def test_json_structure(quick_run):
+    _, data, _ = quick_run
+    for key in ("config", "machine", "runtime_s", "seconds", "test_set", "detection", "inpainting", "paper"):
+        assert key in data
+    cfg = data["config"]
+    assert cfg["quick"] is True and cfg["seed"] == 7 and cfg["n_per_field"] == 3
+    assert data["runtime_s"] > 0
+    for f in FIELDS:
+        assert data["test_set"][f]["n_stamps"] == 3
+        det = data["detection"][f]
+        assert "LACosmic" in det and "ACS-WFC" in det and "ACS-WFC-F606W-2-4" in det
+        assert len(det) == 6  # the five ACS/WFC zoo mask models + LACosmic
+        assert len(det["LACosmic"]["roc"]["sigclip"]) == len(cfg["sigclips"])
+        for res in det.values():
+            assert set(res["tpr"]) == set(FPRS) == set(res["tpr_dilated"])
+            n = len(res["roc"]["fpr"])
+            assert n > 0 and len(res["roc"]["tpr"]) == n == len(res["roc"]["tpr_dilated"])
+        assert set(data["inpainting"][f]) == set(INPAINTERS)
+
+
+def test_rates_are_sane(quick_run):
+    _, data, _ = quick_run
+    for f in FIELDS:
+        for name, res in data["detection"][f].items():
+            roc = res["roc"]
+            for key in ("fpr", "tpr", "tpr_dilated"):
+                assert all(0.0 <= v <= 1.0 for v in roc[key]), (f, name, key)
+            assert all(a <= b for a, b in zip(roc["fpr"], roc["fpr"][1:])), "ROC points sorted by FPR"
+            # dilation can only add detections at the same setting
+            assert all(d >= t - 1e-12 for t, d in zip(roc["tpr"], roc["tpr_dilated"]))
+            for t in FPRS:
+                assert 0.0 <= res["tpr"][t] <= res["tpr_dilated"][t] <= 1.0
+            assert res["tpr"]["0.0005"] <= res["tpr"]["0.005"]
+
+
+def test_deepcr_beats_lacosmic(quick_run):
+    _, data, _ = quick_run
+    for f in FIELDS:
+        det = data["detection"][f]
+        assert det["ACS-WFC"]["tpr"]["0.005"] > det["LACosmic"]["tpr"]["0.005"], f
+
+
+def test_inpainting_mse_sane(quick_run):
+    _, data, _ = quick_run
+    for f in FIELDS:
+        for lab, variants in data["inpainting"][f].items():
+            for variant in ("paper", "own_crs_masked"):
+                r = variants[variant]
+                assert r["n_pixels"] > 0
+                assert math.isfinite(r["mse_e2"]) and r["mse_e2"] > 0, (f, lab)
+                assert r["mse_paper_units"] == pytest.approx(r["mse_e2"] / 1e4)
+                # no inpainter can beat the noise of the observed pixels by much
+                assert r["mse_e2"] > 0.5 * r["noise_floor_e2"] > 0, (f, lab)
