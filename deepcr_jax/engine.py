@@ -106,11 +106,10 @@ class Engine:
         list of ndarray (ny, nx) float32
             What the whole-image forward gives, stitched from tile cores.
         """
+        images = [img if img.ndim == 3 else img[..., None] for img in images]
         plans: list[TilePlan] = []
         outs: list[np.ndarray] = []
         for img in images:
-            if img.ndim == 2:
-                img = img[..., None]
             if img.shape[-1] != self.in_channels:
                 raise ValueError(
                     f"network takes {self.in_channels} channel(s); got image shape {img.shape}"
@@ -125,9 +124,8 @@ class Engine:
             x = np.zeros((b, s, s, c), np.float32)
             v = np.zeros((b, s, s, 1), np.float32)
             for slot, (i, k) in enumerate(chunk):
-                img = images[i] if images[i].ndim == 3 else images[i][..., None]
                 ty, tx, *_ = plans[i].window(k)
-                copy_window(img, ty, tx, x[slot], v[slot, ..., 0])
+                copy_window(images[i], ty, tx, x[slot], v[slot, ..., 0])
             y = self._fn(self.params, jax.device_put(x, self._data), jax.device_put(v, self._data))
             if pending is not None:
                 self._stitch(*pending, plans, outs)

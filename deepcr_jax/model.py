@@ -21,11 +21,10 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from deepcr_jax.convert import Architecture, inference_variables, load_npz
 from deepcr_jax.nets import UNet
-from deepcr_jax.zoo import ModelSpec, get_spec, weights_path
+from deepcr_jax.zoo import get_spec, weights_path
 
 __all__ = ["PAD_MULTIPLE", "ModelParams", "load_params", "load_variables", "network_forward", "predict"]
 
@@ -134,14 +133,6 @@ def load_params(model: str | os.PathLike = "ACS-WFC", *, kind: str | None = None
     )
 
 
-def spec_of(params: ModelParams) -> ModelSpec | None:
-    """The zoo entry the params came from, if any."""
-    try:
-        return get_spec(params.name)
-    except ValueError:
-        return None
-
-
 def network_forward(params: ModelParams, x: jax.Array) -> jax.Array:
     """Raw network on preprocessed NHWC input; ``ny``, ``nx`` multiples of 4.
 
@@ -195,7 +186,6 @@ def predict(params: ModelParams, images: jax.Array, mask: jax.Array | None = Non
         x = x[..., 0]
     if x.ndim != 3:
         raise ValueError(f"images must be (n, ny, nx) or (n, ny, nx, 1); got shape {x.shape}")
-    ny, nx = x.shape[-2:]
     x = x / jnp.float32(params.scale)
     if params.standardize:
         mean, std = _standardize_stats(x)
@@ -217,12 +207,3 @@ def predict(params: ModelParams, images: jax.Array, mask: jax.Array | None = Non
         out = out * std + mean
     return out * jnp.float32(params.scale)
 
-
-def as_float32_image(image: Any, name: str = "image") -> np.ndarray:
-    """Validated float32 numpy copy of a real-valued image array."""
-    arr = np.asarray(image)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise TypeError(f"{name} must be a real numeric array; got dtype {arr.dtype}")
-    if np.iscomplexobj(arr):
-        raise TypeError(f"{name} must be real; got complex dtype {arr.dtype}")
-    return arr.astype(np.float32, copy=True)
