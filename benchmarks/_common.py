@@ -58,7 +58,11 @@ def write_results(stem: str, title: str, header: list[str], rows: list[list[str]
     """Write ``results/<stem>.md`` (a table) and ``results/<stem>.json``; return the markdown."""
     os.makedirs(RESULTS, exist_ok=True)
     md = [f"# {title}", "", f"Machine: {data['machine'].get('cpu', '?')}, {data['machine']['cpus']} cores, "
-          f"JAX {data['machine']['jax']} on {', '.join(data['machine']['jax_devices'])}", ""]
+          f"JAX {data['machine']['jax']} on {', '.join(data['machine']['jax_devices'])}"]
+    for key, label in (("native_kernel", "native CPU conv kernel"), ("malloc_tuned", "glibc malloc thresholds raised")):
+        if key in data["machine"]:
+            md[-1] += f"; {label}: {'yes' if data['machine'][key] else 'no'}"
+    md.append("")
     md.append("| " + " | ".join(header) + " |")
     md.append("|" + "---|" * len(header))
     md += ["| " + " | ".join(r) + " |" for r in rows]

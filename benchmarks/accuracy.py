@@ -602,11 +602,10 @@ def run_inpainting(inpainters: dict, batch, mi: np.ndarray, biharmonic_max: int 
     mask ``mi`` (paper eq. 2, G(X, M_I): the stamp's own CRs stay visible as
     context), ``"own_crs_masked"`` replaces ``mi | cr_mask`` (as in use,
     where the detected CRs are masked too). For the deepCR-inpaint networks
-    a diagnostic ``"input_e_per_100"`` feeds the image in units of 100 e-
-    (and scales the output back), i.e. the networks run at input scale 100
-    instead of the zoo's 1 (deepCR's registry value): not part of Table 3,
-    it tests whether the shipped inpainting weights expect e-/100 like the
-    paper's 2-4 mask model.
+    a diagnostic ``"input_e"`` feeds the networks electrons (input scale 1,
+    what deepCR 0.3.1's ``clean`` does with its default ACS-WFC mask model)
+    instead of the zoo's e-/100: not part of Table 3, it shows what the
+    zoo's choice of scale is worth.
 
     Parameters
     ----------
@@ -634,7 +633,8 @@ def run_inpainting(inpainters: dict, batch, mi: np.ndarray, biharmonic_max: int 
         results[label] = {}
         variants = [("paper", mi[:n], 1.0), ("own_crs_masked", mi[:n] | batch.cr_mask[:n], 1.0)]
         if cleaner is not None and cleaner.inpaint_method == "network":
-            variants.append(("input_e_per_100", mi[:n], 100.0))
+            # image / 0.01 through a network at scale 100: it sees electrons
+            variants.append(("input_e", mi[:n], 0.01))
         for variant, region, unit in variants:
             t0 = time.perf_counter()
             if cleaner is None:
@@ -945,16 +945,17 @@ def render_markdown(data: dict) -> str:
                 f"{r['mse_vs_clean_e2']:.1f} | {r['mean_stamp_mse_e2']:.1f} | {o['mse_e2']:.1f} | "
                 f"{r['n_pixels']} |"
             )
-    diag = [lab for lab in labels if "input_e_per_100" in inp[FIELDS[0]][lab]]
+    diag = [lab for lab in labels if "input_e" in inp[FIELDS[0]][lab]]
     if diag:
         lines += [
             "",
-            "### Diagnostic (not Table 3): deepCR-inpaint fed e-/100",
+            "### Diagnostic (not Table 3): deepCR-inpaint fed electrons",
             "",
             (
-                "The zoo runs both inpainting networks on electrons (input scale 1, deepCR 0.3.1's registry "
-                "value for 2-32; see deepcr_jax/zoo.py). Here the same networks see the image in units of "
-                "100 e- (output scaled back), same masks and pixels. MSE / median squared error in e-^2."
+                "The zoo runs both inpainting networks on e-/100 (input scale 100; see deepcr_jax/zoo.py and "
+                "convert/scales.md). deepCR 0.3.1's clean() with its default ACS-WFC mask model feeds them "
+                "electrons instead (its registry gives inpainters no scale of their own). The e- input column "
+                "runs the same networks that way, same masks and pixels. MSE / median squared error in e-^2."
             ),
             "",
             "| method | " + " | ".join(f"{FIELD_TITLES[f]}: e- input | e-/100 input" for f in FIELDS) + " |",
@@ -963,10 +964,10 @@ def render_markdown(data: dict) -> str:
         for lab in diag:
             cells = [lab]
             for f in FIELDS:
-                r, d = inp[f][lab]["paper"], inp[f][lab]["input_e_per_100"]
+                r, d = inp[f][lab]["paper"], inp[f][lab]["input_e"]
                 cells += [
-                    f"{r['mse_e2']:.0f} / {r['median_sq_err_e2']:.0f}",
                     f"{d['mse_e2']:.0f} / {d['median_sq_err_e2']:.0f}",
+                    f"{r['mse_e2']:.0f} / {r['median_sq_err_e2']:.0f}",
                 ]
             lines.append("| " + " | ".join(cells) + " |")
 

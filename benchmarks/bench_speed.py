@@ -97,7 +97,7 @@ def jax_peers(model: str, stamps: np.ndarray, inpaint: str | None, masks, tile: 
             ys = [fwd(params, x) for x in xs]
             jax.block_until_ready(ys)
 
-        out["deepcr-jax jit(predict), batch 1 (device arrays)"] = pure
+        out["deepcr-jax jit(predict), batch 1 (device arrays, XLA conv)"] = pure
     return out
 
 
@@ -108,13 +108,27 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="1", help="comma-separated tile batch sizes for deepcr-jax")
     ap.add_argument("--skip-chip", action="store_true")
     ap.add_argument("--stem", default="speed", help="results file name (results/<stem>.md/.json)")
+    ap.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc thresholds alone (default: raise them for every peer, see "
+        "deepcr_jax.engine.tune_host_allocator)",
+    )
     args = ap.parse_args(argv)
+    from deepcr_jax.engine import tune_host_allocator
+    from deepcr_jax.native import status as native_status
+
+    if args.default_malloc:
+        os.environ["DEEPCR_JAX_TUNE_MALLOC"] = "0"
+    malloc_tuned = False if args.default_malloc else tune_host_allocator()
     n = 10 if args.quick else 100
     repeats = 1 if args.quick else args.repeats
     batches = tuple(int(b) for b in args.batches.split(","))
     st = make_stamps(n, "mixed", seed=11)
     stamps, masks = st.image, st.cr_mask
     rows, data = [], {"machine": machine(), "results": []}
+    data["machine"]["malloc_tuned"] = malloc_tuned
+    data["machine"]["native_kernel"] = native_status()[0]
 
     def record(workload, pixels, fl, peers):
         base = None

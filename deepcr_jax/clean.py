@@ -128,7 +128,10 @@ class Cleaner:
     Create with :func:`load`. Reuse it for many images: the network is
     compiled once per tile size and every image size reuses it.
     ``devices`` (sequence of ``jax.Device``) pins the engines to those
-    devices; default all local devices.
+    devices; default all local devices. ``inpaint_scale`` overrides the
+    inpainting network's input scale (the zoo's value by default; the
+    :mod:`deepcr_jax.compat` layer passes the mask model's scale, as deepCR
+    0.3.1 does).
     """
 
     def __init__(
@@ -140,6 +143,7 @@ class Cleaner:
         batch: int | None = None,
         dtype: str = "float32",
         devices=None,
+        inpaint_scale: float | None = None,
     ) -> None:
         self.params: ModelParams = load_params(model, kind="mask")
         self.devices = None if devices is None else list(devices)
@@ -157,6 +161,10 @@ class Cleaner:
                         f" (or a converted .npz); {err}"
                     ) from None
                 self.inpaint_method = "network"
+                if inpaint_scale is not None:
+                    if not np.isfinite(inpaint_scale) or inpaint_scale <= 0:
+                        raise ValueError(f"inpaint_scale must be a positive number; got {inpaint_scale!r}")
+                    self.inpaint_params = self.inpaint_params.replace(scale=float(inpaint_scale))
         if tile is not None and (
             isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile <= 0
         ):
@@ -380,7 +388,8 @@ def load(
         Tiles per network call (rounded up to a multiple of the device
         count). Default 1 (fastest on CPU); raise it on GPU/TPU.
     dtype : {"float32", "bfloat16"}
-        Compute dtype; bfloat16 is for GPU/TPU.
+        Compute dtype; bfloat16 (inner layers only, the first block and head
+        stay float32) is for GPU/TPU.
     """
     return Cleaner(model, inpaint=inpaint, tile=tile, batch=batch, dtype=dtype)
 

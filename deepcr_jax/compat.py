@@ -44,9 +44,11 @@ Differences from the reference
 * ``device="GPU"`` runs on JAX's default accelerator (all local devices);
   like the reference it is an error (``AssertionError``) when there is none.
   ``device="CPU"`` runs on the CPU even where an accelerator exists.
-* An inpainting network sees the image in its own units (scale 1), where the
-  reference divides by the *mask* model's scale first; the two agree for
-  every registered mask model but ``example_model`` (scale 100).
+* As in the reference, an inpainting network sees the image divided by the
+  *mask* model's scale (electrons with ``ACS-WFC``, e-/100 with
+  ``example_model``). :func:`deepcr_jax.clean` instead always feeds the
+  inpainting networks the e-/100 their weights were trained on (see
+  :mod:`deepcr_jax.zoo`), which inpaints better whatever the mask model.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from deepcr_jax.clean import Cleaner
+from deepcr_jax.model import load_params
 from deepcr_jax.zoo import MODELS, list_models
 
 __all__ = ["deepCR"]
@@ -175,7 +178,10 @@ class deepCR:
         self.norm = bool(self.cleaner.params.standardize)
 
     def _load(self, model: str, inpaint: str) -> Cleaner:
-        return Cleaner(model, inpaint=inpaint, devices=self._devices)
+        # deepCR 0.3.1 feeds its inpainting network the image divided by the
+        # *mask* model's scale (its registry gives inpainters none)
+        scale = load_params(model, kind="mask").scale if inpaint not in (None, "medmask") else None
+        return Cleaner(model, inpaint=inpaint, devices=self._devices, inpaint_scale=scale)
 
     @contextlib.contextmanager
     def _on_device(self) -> Iterator[None]:

@@ -23,11 +23,13 @@ Normalisation variants
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from deepcr_jax import native
 
 __all__ = ["Affine", "BatchNorm", "ConvTranspose2x2", "DoubleConv", "UNet", "WeightNormConv"]
 
@@ -83,12 +85,18 @@ class Affine(nn.Module):
     then one fused operation, as in torch.
     """
 
-    @nn.compact
+    features: int
+
+    def setup(self) -> None:
+        self.alpha = self.param("alpha", nn.initializers.ones, (self.features,), jnp.float32)
+        self.beta = self.param("beta", nn.initializers.zeros, (self.features,), jnp.float32)
+
+    def coefficients(self) -> tuple[jax.Array, jax.Array]:
+        """``(alpha, beta)``, each (features,) float32."""
+        return self.alpha, self.beta
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        c = x.shape[-1]
-        alpha = self.param("alpha", nn.initializers.ones, (c,), jnp.float32)
-        beta = self.param("beta", nn.initializers.zeros, (c,), jnp.float32)
-        return x * _channel(alpha, x.ndim).astype(x.dtype) + _channel(beta, x.ndim).astype(x.dtype)
+        return x * _channel(self.alpha, x.ndim).astype(x.dtype) + _channel(self.beta, x.ndim).astype(x.dtype)
 
 
 def torch_uniform(fan_in: int):
@@ -113,22 +121,41 @@ def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     return y + _channel(bias.astype(x.dtype), y.ndim)
 
 
+def _conv_affine_relu(x: jax.Array, kernel: jax.Array, bias: jax.Array, fused) -> jax.Array:
+    """relu((conv(x) + bias) * alpha + beta): the native kernel where it applies, else XLA."""
+    alpha, beta = fused
+    if (
+        kernel.shape[:2] == (3, 3)
+        and x.dtype == jnp.float32
+        and native.supports(x.shape[-1], kernel.shape[-1])
+    ):
+        return native.conv3x3_affine_relu(x, kernel, bias, alpha, beta)
+    y = _conv(x, kernel, bias)
+    return nn.relu(y * _channel(alpha, y.ndim).astype(y.dtype) + _channel(beta, y.ndim).astype(y.dtype))
+
+
 def _channel(v: jax.Array, ndim: int) -> jax.Array:
     """Per-channel vector (C,) shaped to broadcast over NHWC without rank promotion."""
     return v.reshape((1,) * (ndim - 1) + (-1,))
 
 
 class Conv(nn.Module):
-    """Stride-1 'same' convolution; ``kernel`` (k, k, in, out) HWIO, ``bias`` (out,)."""
+    """Stride-1 'same' convolution; ``kernel`` (k, k, in, out) HWIO, ``bias`` (out,).
+
+    ``fused=(alpha, beta)`` returns ``relu(conv(x) * alpha + beta)`` instead,
+    through the native CPU kernel (:mod:`deepcr_jax.native`): inference only.
+    """
 
     features: int
     size: int = 3
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, fused=None) -> jax.Array:
         init = torch_uniform(self.size * self.size * x.shape[-1])
         kernel = self.param("kernel", init, (self.size, self.size, x.shape[-1], self.features))
         bias = self.param("bias", init, (self.features,))
+        if fused is not None:
+            return _conv_affine_relu(x, kernel, bias, fused)
         return _conv(x, kernel, bias)
 
 
@@ -142,11 +169,13 @@ class WeightNormConv(nn.Module):
     features: int
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, fused=None) -> jax.Array:
         init = torch_uniform(9 * x.shape[-1])
         v = self.param("v", init, (3, 3, x.shape[-1], self.features))
         g = self.param("g", lambda key, shape: jnp.sqrt(jnp.sum(v**2, axis=(0, 1, 2))), (self.features,))
         bias = self.param("bias", init, (self.features,))
+        if fused is not None:
+            return _conv_affine_relu(x, weight_norm_kernel(g, v), bias, fused)
         return _conv(x, weight_norm_kernel(g, v), bias)
 
 
@@ -187,11 +216,14 @@ class DoubleConv(nn.Module):
     ``valid`` (n, ny, nx, 1), optional: 1 inside the image, 0 outside. Each
     conv's input is multiplied by it, so a tile that reaches past the image
     edge computes exactly what the whole-image forward computes with its
-    zero padding.
+    zero padding. ``fuse``: run each conv → norm → ReLU as one native CPU
+    kernel call (:mod:`deepcr_jax.native`; inference, norm ``"affine"``,
+    ``"weight"`` or ``"none"``, float32, widths it supports).
     """
 
     features: int
     norm: Norm = "batch"
+    fuse: bool = False
 
     @nn.compact
     def __call__(
@@ -202,14 +234,22 @@ class DoubleConv(nn.Module):
     ) -> jax.Array:
         for i in range(2):
             x = _apply_valid(x, valid)
-            if self.norm == "weight":
-                x = WeightNormConv(self.features, name=f"conv{i}")(x)
-            else:
-                x = Conv(self.features, name=f"conv{i}")(x)
+            conv = (WeightNormConv if self.norm == "weight" else Conv)(self.features, name=f"conv{i}")
+            if self.fuse and not train and self.norm != "batch":
+                if self.norm == "affine":
+                    fused = Affine(self.features, name=f"bn{i}").coefficients()
+                else:
+                    fused = (
+                        jnp.ones((self.features,), jnp.float32),
+                        jnp.zeros((self.features,), jnp.float32),
+                    )
+                x = conv(x, fused=fused)
+                continue
+            x = conv(x)
             if self.norm == "batch":
                 x = BatchNorm(name=f"bn{i}")(x, train=train)
             elif self.norm == "affine":
-                x = Affine(name=f"bn{i}")(x)
+                x = Affine(self.features, name=f"bn{i}")(x)
             x = nn.relu(x)
         return x
 
@@ -219,6 +259,7 @@ class Up(nn.Module):
 
     features: int
     norm: Norm = "batch"
+    fuse: bool = False
 
     @nn.compact
     def __call__(
@@ -230,7 +271,7 @@ class Up(nn.Module):
     ) -> jax.Array:
         x = ConvTranspose2x2(self.features, name="up")(x)
         x = jnp.concatenate([skip, x], axis=-1)
-        return DoubleConv(self.features, self.norm, name="conv")(x, train=train, valid=valid)
+        return DoubleConv(self.features, self.norm, self.fuse, name="conv")(x, train=train, valid=valid)
 
 
 def max_pool2(x: jax.Array) -> jax.Array:
@@ -260,6 +301,13 @@ class UNet(nn.Module):
     ``valid`` (n, ny, nx, 1), optional, marks the pixels inside the image
     (1) for tiles that extend past its edge (see :class:`DoubleConv`); the
     valid region must sit on the ``2**(depth-1)`` pooling grid.
+
+    ``compute_dtype`` (e.g. ``jnp.bfloat16``), optional: the dtype of the
+    inner layers. The first block (``inc``, which sees the raw image with
+    its large dynamic range) and the output head stay in the input's dtype;
+    everything between runs in ``compute_dtype``. None: the input's dtype
+    throughout. ``fuse``: float32 inference through the native CPU kernel
+    (see :class:`DoubleConv`); CPU backend only.
     """
 
     depth: int = 2
@@ -267,6 +315,8 @@ class UNet(nn.Module):
     out_channels: int = 1
     norm: Norm = "batch"
     head: Head = "sigmoid"
+    compute_dtype: Any = None
+    fuse: bool = False
 
     @nn.compact
     def __call__(
@@ -281,12 +331,18 @@ class UNet(nn.Module):
         v1 = valid
         v2 = None if valid is None else max_pool2(valid)
         kw = dict(train=train)
-        x1 = DoubleConv(h, self.norm, name="inc")(x, valid=v1, **kw)
-        x2 = DoubleConv(2 * h, self.norm, name="down1")(max_pool2(x1), valid=v2, **kw)
+        fuse = self.fuse and self.compute_dtype is None
+        x1 = DoubleConv(h, self.norm, fuse, name="inc")(x, valid=v1, **kw)
+        io_dtype = x1.dtype
+        if self.compute_dtype is not None:
+            x1 = x1.astype(self.compute_dtype)
+            v1 = None if v1 is None else v1.astype(self.compute_dtype)
+            v2 = None if v2 is None else v2.astype(self.compute_dtype)
+        x2 = DoubleConv(2 * h, self.norm, fuse, name="down1")(max_pool2(x1), valid=v2, **kw)
         if self.depth == 3:
             v3 = None if valid is None else max_pool2(v2)
-            x3 = DoubleConv(4 * h, self.norm, name="down2")(max_pool2(x2), valid=v3, **kw)
-            x2 = Up(2 * h, self.norm, name="up7")(x3, x2, valid=v2, **kw)
-        y = Up(h, self.norm, name="up8")(x2, x1, valid=v1, **kw)
-        y = Conv(self.out_channels, size=1, name="outc")(y)
+            x3 = DoubleConv(4 * h, self.norm, fuse, name="down2")(max_pool2(x2), valid=v3, **kw)
+            x2 = Up(2 * h, self.norm, fuse, name="up7")(x3, x2, valid=v2, **kw)
+        y = Up(h, self.norm, fuse, name="up8")(x2, x1, valid=v1, **kw)
+        y = Conv(self.out_channels, size=1, name="outc")(y.astype(io_dtype))
         return nn.sigmoid(y) if self.head == "sigmoid" else y

@@ -16,6 +16,13 @@ convert.scales``, table in ``convert/scales.md``): a wrong scale does not
 fail, it silently drops the true-positive rate. The three per-filter 2-32
 models work in electrons (scale 1); the paper's 2-4 model expects e-/100,
 like ``example_model``: at scale 1 it flags 31 % of CR-free pixels.
+
+deepCR's registry gives the inpainting networks no scale: its ``clean``
+feeds them the image divided by the *mask* model's scale (electrons with
+``ACS-WFC``, e-/100 with its tutorial's ``example_model``). Their inpainting
+error on simulated data (``convert/scales.md``) is lowest at e-/100, in mean
+and median alike, so the zoo gives both scale 100.
+:mod:`deepcr_jax.compat` keeps the reference's behaviour.
 """
 
 from __future__ import annotations
@@ -101,6 +108,12 @@ _SCALE_FROM_SIMULATION = (
     "(convert/scales.md)"
 )
 
+_INPAINT_SCALE = (
+    "deepCR 0.3.1 registers no scale for inpainting networks (they get the mask model's: 1 with "
+    "ACS-WFC, 100 with example_model); scale 100 (e-/100) established from the inpainting MSE "
+    "on simulated ACS/WFC data: lowest of the scales 1, 10, 100, 1000 (convert/scales.md)"
+)
+
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in [
@@ -151,16 +164,16 @@ MODELS: dict[str, ModelSpec] = {
             "learned_models/mask/example_model.pth", "ef11b157aeefa09090d7b829be22eaf974650f70810c487473fafa5a9fddf851", True, _SCALE_FROM_REGISTRY,
         ),
         ModelSpec(
-            "ACS-WFC-F606W-2-32", "inpaint", _bn(2, 32, in_channels=2), 1.0, False, REFERENCE_THRESHOLD,
-            "HST ACS/WFC F606W _flc (e-); the paper's deepCR-inpaint-2-32",
-            "learned_models/inpaint/ACS-WFC-F606W-2-32.pth", "2a754380bfe158a1cfeee12f908f96a2bd5b59cbb7b830a4d06dad930d906111", True, _SCALE_FROM_REGISTRY,
+            "ACS-WFC-F606W-2-32", "inpaint", _bn(2, 32, in_channels=2), 100.0, False, REFERENCE_THRESHOLD,
+            "HST ACS/WFC F606W _flc (e-, network sees e-/100); the paper's deepCR-inpaint-2-32",
+            "learned_models/inpaint/ACS-WFC-F606W-2-32.pth", "2a754380bfe158a1cfeee12f908f96a2bd5b59cbb7b830a4d06dad930d906111", True,
+            _INPAINT_SCALE,
         ),
         ModelSpec(
-            "ACS-WFC-F606W-3-32", "inpaint", _bn(3, 32, in_channels=2), 1.0, False, REFERENCE_THRESHOLD,
-            "HST ACS/WFC F606W _flc (e-); the paper's deepCR-inpaint-3-32",
+            "ACS-WFC-F606W-3-32", "inpaint", _bn(3, 32, in_channels=2), 100.0, False, REFERENCE_THRESHOLD,
+            "HST ACS/WFC F606W _flc (e-, network sees e-/100); the paper's deepCR-inpaint-3-32",
             "learned_models/inpaint/ACS-WFC-F606W-3-32.pth", "5b4faf2e239185c2d5d4235688ce61a2b9e4e5f47bbcf96c8a687b5a0c1e6c42", False,
-            "not in deepCR 0.3.1's registry; inpainting networks see the same e- units as the "
-            "mask networks (scale 1, as the registered 2-32)",
+            "not in deepCR 0.3.1's registry; " + _INPAINT_SCALE,
         ),
     ]
 }

@@ -85,7 +85,7 @@ def test_batchnorm_inference_and_affine_match_torch(rng):
     }
     np.testing.assert_allclose(BatchNorm().apply(variables, x), expected, rtol=1e-5, atol=1e-5)
     affine = cv._batchnorm_affine(variables["params"], variables["batch_stats"])
-    np.testing.assert_allclose(Affine().apply({"params": affine}, x), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(Affine(affine["alpha"].shape[0]).apply({"params": affine}, x), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_batchnorm_training_mode_matches_torch(rng):

@@ -1,0 +1,124 @@
+"""The native CPU conv kernel (deepcr_jax.native) against XLA's convolution.
+
+The parity tests (test_parity.py) run the zoo through the kernel against the
+PyTorch reference; here the kernel itself is held to XLA's conv on shapes
+that exercise its blocking (1-pixel images, rows shorter and longer than a
+register block, odd sizes, one input channel, stacked batch dimensions).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import deepcr_jax
+from deepcr_jax import native
+from deepcr_jax.engine import Engine
+from deepcr_jax.model import load_params
+from deepcr_jax.nets import UNet
+
+requires_native = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "c++")) is None or os.environ.get("DEEPCR_JAX_NATIVE") == "0",
+    reason="no C++ compiler: the native kernel cannot be built here",
+)
+
+
+def _xla(x, w, b, alpha, beta):
+    y = jax.lax.conv_general_dilated(
+        x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest"
+    )
+    b, alpha, beta = (jnp.reshape(v, (1, 1, 1, -1)) for v in (b, alpha, beta))
+    return jnp.maximum((y + b) * alpha + beta, 0.0)
+
+
+def _operands(rng, shape, ci, co):
+    x = rng.standard_normal(shape + (ci,)).astype(np.float32)
+    w = (rng.standard_normal((3, 3, ci, co)) / np.sqrt(9 * ci)).astype(np.float32)
+    b, alpha, beta = (rng.standard_normal(co).astype(np.float32) for _ in range(3))
+    return x, w, b, alpha, beta
+
+
+@requires_native
+def test_kernel_builds():
+    ok, why = native.status()
+    assert ok, why
+    assert os.path.exists(why)
+
+
+@requires_native
+@pytest.mark.parametrize(
+    "shape, ci, co",
+    [
+        ((1, 1, 1), 32, 32),
+        ((2, 5, 3), 1, 32),
+        ((1, 2, 14), 32, 32),  # exactly one register block plus the two border columns
+        ((1, 3, 15), 32, 64),
+        ((1, 13, 29), 96, 64),
+        ((3, 16, 16), 32, 32),
+        ((2, 2, 7, 9), 64, 32),  # two leading batch dimensions
+    ],
+)
+def test_kernel_matches_xla(rng, shape, ci, co):
+    x, w, b, alpha, beta = _operands(rng, shape, ci, co)
+    got = np.asarray(jax.jit(native.conv3x3_affine_relu)(x, w, b, alpha, beta))
+    flat = x.reshape((-1,) + x.shape[-3:])
+    want = np.asarray(_xla(flat, w, b, alpha, beta)).reshape(got.shape)
+    assert got.shape == shape + (co,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@requires_native
+def test_kernel_under_vmap(rng):
+    x, w, b, alpha, beta = _operands(rng, (3, 1, 10, 20), 32, 32)
+    got = jax.vmap(native.conv3x3_affine_relu, in_axes=(0, None, None, None, None))(x, w, b, alpha, beta)
+    want = _xla(x.reshape(3, 10, 20, 32), w, b, alpha, beta).reshape(got.shape)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_width_is_refused():
+    assert native.supports(32, 64) and not native.supports(32, 4)
+
+
+@requires_native
+@pytest.mark.parametrize("model", ["ACS-WFC", "ACS-WFC-F606W-3-32", "WFC3-UVIS", "ACS-WFC-F606W-2-4"])
+def test_fused_network_equals_xla_network(rng, model):
+    """Every conv block through the kernel (or its XLA fallback) == the plain flax network."""
+    params = load_params(model)
+    module = params.module
+    assert isinstance(module, UNet)
+    x = rng.normal(50.0, 20.0, size=(2, 40, 48, params.in_channels)).astype(np.float32) / params.scale
+    valid = np.zeros((2, 40, 48, 1), np.float32)
+    valid[:, :32, :40] = 1.0  # an image edge inside the tile, on the pooling grid
+    plain = module.apply(params.variables, x, valid=valid)
+    fused = jax.jit(lambda v, x, m: module.clone(fuse=True).apply(v, x, valid=m))(params.variables, x, valid)
+    scale = max(float(np.abs(plain).max()), 1.0)
+    np.testing.assert_allclose(np.asarray(fused), np.asarray(plain), rtol=0, atol=1e-5 * scale)
+
+
+@requires_native
+def test_engine_uses_kernel_on_cpu():
+    params = load_params("ACS-WFC")
+    assert Engine(params, tile=64, batch=1, devices=jax.devices("cpu")[:1]).native
+    assert not Engine(params, tile=64, batch=1, dtype="bfloat16", devices=jax.devices("cpu")[:1]).native
+
+
+def test_disabled_by_environment(real_frames, tmp_path):
+    """DEEPCR_JAX_NATIVE=0: XLA's convolution, same probabilities."""
+    img = next(iter(real_frames.values()))[:96, :80].astype(np.float32)
+    code = (
+        "import sys, numpy as np, deepcr_jax; from deepcr_jax import native; "
+        "ok, why = native.status(); assert not ok and 'DEEPCR_JAX_NATIVE' in why, why; "
+        "img = np.load(sys.argv[1]); np.save(sys.argv[2], deepcr_jax.clean(img, binary=False))"
+    )
+    src, out = tmp_path / "in.npy", tmp_path / "out.npy"
+    np.save(src, img)
+    env = {**os.environ, "DEEPCR_JAX_NATIVE": "0"}
+    subprocess.run([sys.executable, "-c", code, str(src), str(out)], env=env, check=True)
+    np.testing.assert_allclose(deepcr_jax.clean(img, binary=False), np.load(out), rtol=0, atol=1e-5)
