@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--stem", default="memory", help="results file name (results/<stem>.md/.json)")
     args = ap.parse_args(argv)
     runs = [("deepcr-jax", 256, 1), ("deepcr-jax", 512, 1), ("deepcr-jax", 512, 4)]
     if not args.skip_reference:
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
         else:
             rows.append([f"{args.size}x{args.size}", peer, cfg, f"{r['peak_rss_mb']:.0f}", f"{r['seconds']:.1f}"])
         print(rows[-1], flush=True)
-    text = write_results("memory", f"Peak memory, one {args.size}x{args.size} float32 frame (fresh process each)",
+    text = write_results(args.stem, f"Peak memory, one {args.size}x{args.size} float32 frame (fresh process each)",
                          ["frame", "implementation", "config", "peak RSS [MB]", "wall [s] (incl. compile/load)"],
                          rows, data)
     print(text)
