@@ -18,7 +18,6 @@ the kernel on its own tiles.
 from __future__ import annotations
 
 import ctypes
-import os
 import platform
 from collections.abc import Sequence
 
@@ -58,7 +57,7 @@ def tune_host_allocator() -> bool:
     global _allocator_tuned
     if _allocator_tuned:
         return True
-    if os.environ.get("DEEPCR_JAX_TUNE_MALLOC", "1").strip().lower() in ("0", "false", "no", "off"):
+    if native.disabled_by_env("DEEPCR_JAX_TUNE_MALLOC"):
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -128,11 +127,10 @@ class Engine:
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self.params = jax.device_put(params, replicated)
         self.compilations = 0
-        if all(d.platform == "cpu" for d in devices):
+        on_cpu = all(d.platform == "cpu" for d in devices)
+        if on_cpu:
             tune_host_allocator()
-        self.native = (
-            self.dtype == jnp.float32 and all(d.platform == "cpu" for d in devices) and native.available()
-        )
+        self.native = on_cpu and self.dtype == jnp.float32 and native.available()
         forward = self._forward
         if self.native and self.n_devices > 1:
             spec = PartitionSpec("batch")

@@ -96,7 +96,12 @@ class Affine(nn.Module):
         return self.alpha, self.beta
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return x * _channel(self.alpha, x.ndim).astype(x.dtype) + _channel(self.beta, x.ndim).astype(x.dtype)
+        return _affine(x, self.alpha, self.beta)
+
+
+def _affine(x: jax.Array, alpha: jax.Array, beta: jax.Array) -> jax.Array:
+    """Per-channel ``x * alpha + beta`` in ``x``'s dtype (NHWC, alpha/beta (C,))."""
+    return x * _channel(alpha, x.ndim).astype(x.dtype) + _channel(beta, x.ndim).astype(x.dtype)
 
 
 def torch_uniform(fan_in: int):
@@ -130,8 +135,7 @@ def _conv_affine_relu(x: jax.Array, kernel: jax.Array, bias: jax.Array, fused) -
         and native.supports(x.shape[-1], kernel.shape[-1])
     ):
         return native.conv3x3_affine_relu(x, kernel, bias, alpha, beta)
-    y = _conv(x, kernel, bias)
-    return nn.relu(y * _channel(alpha, y.ndim).astype(y.dtype) + _channel(beta, y.ndim).astype(y.dtype))
+    return nn.relu(_affine(_conv(x, kernel, bias), alpha, beta))
 
 
 def _channel(v: jax.Array, ndim: int) -> jax.Array:

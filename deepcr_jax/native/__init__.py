@@ -45,6 +45,11 @@ _lock = threading.Lock()
 _state: dict[str, object] = {}
 
 
+def disabled_by_env(var: str) -> bool:
+    """Whether environment variable ``var`` switches a feature off (0/false/no/off)."""
+    return os.environ.get(var, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def _cache_dir() -> str:
     root = os.environ.get("DEEPCR_JAX_CACHE")
     if not root:
@@ -81,7 +86,7 @@ def _compile(source: str, cxx: str, out: str) -> None:
 
 def _load() -> None:
     """Compile (once per cache key) and register the FFI target; sets ``_state``."""
-    if os.environ.get("DEEPCR_JAX_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+    if disabled_by_env("DEEPCR_JAX_NATIVE"):
         raise RuntimeError("disabled by DEEPCR_JAX_NATIVE=0")
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:
