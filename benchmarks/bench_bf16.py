@@ -4,7 +4,7 @@ bfloat16 is for GPU/TPU, where it is native (on this CPU it is not faster).
 The bar: binary masks identical to the float32 path on >= 99.99 % of pixels
 at each model's threshold. Results: benchmarks/results/bf16.{md,json}.
 
-    python benchmarks/bench_bf16.py [--n 30]
+    python benchmarks/bench_bf16.py [--n 30] [--stem bf16]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=30, help="stamps per field type")
     ap.add_argument("--seed", type=int, default=31)
+    ap.add_argument("--stem", default="bf16", help="results file name (results/<stem>.md/.json)")
     args = ap.parse_args(argv)
     rows, data = [], {"machine": machine(), "n": args.n, "seed": args.seed, "results": []}
     for field in ("extragalactic", "globular", "resolved"):
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
             rows.append([field, model, f"{100 * agree:.4f} %", "yes" if agree >= BAR else "NO",
                          f"{r['max_abs_prob_diff']:.3f}", f"{r['cr_pixels_f32']} / {r['cr_pixels_bf16']}"])
             print(rows[-1], flush=True)
-    write_results("bf16", f"bfloat16 vs float32 binary masks ({args.n} stamps 256x256 per field, seed {args.seed})",
+    write_results(args.stem, f"bfloat16 vs float32 binary masks ({args.n} stamps 256x256 per field, seed {args.seed})",
                   ["field", "model", "identical mask pixels", f">= {100 * BAR:g} %", "max |dp|",
                    "CR pixels f32 / bf16"], rows, data)
     return 0

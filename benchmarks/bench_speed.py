@@ -5,9 +5,11 @@ Workloads (the paper's plus full frames):
   * one ACS/WFC chip, 4096x2048 (mask 2-32).
 Every peer runs on the same simulated electrons, with the same threads (all
 cores), after a warm-up; best and median of repeats are reported, with
-``block_until_ready`` / numpy results. Results: benchmarks/results/speed.{md,json}.
+``block_until_ready`` / numpy results. Where JAX's default backend is a GPU,
+deepCR runs on the GPU too (``device="GPU"``) and a batched, on-device torch
+forward is added. Results: benchmarks/results/<stem>.{md,json}.
 
-    python benchmarks/bench_speed.py [--quick] [--repeats 3]
+    python benchmarks/bench_speed.py [--quick] [--repeats 3] [--batches 1,10] [--bf16] [--stem speed]
 """
 
 from __future__ import annotations
@@ -38,34 +40,55 @@ def flops_per_pixel(depth: int, hidden: int, cin: int = 1) -> float:
     return 2 * f
 
 
-def torch_peers(model: str, stamps: np.ndarray, inpaint: str | None, masks: np.ndarray | None):
-    """The reference: its documented clean() loop and its best tuned forward."""
+def torch_peers(model: str, stamps: np.ndarray, inpaint: str | None, masks: np.ndarray | None,
+                device: str = "CPU"):
+    """The reference: its documented clean() loop and its best tuned forward.
+
+    On "GPU" the tuned forward's inputs are already on the device (its best
+    case) and a batched forward with ``cudnn.benchmark`` is added.
+    """
     import deepCR  # noqa: F401
     import torch
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
     from reference import reference
 
+    gpu = device == "GPU"
     torch.set_num_threads(os.cpu_count())
-    ref = reference(model, inpaint)
+    ref = reference(model, inpaint, device)
     out = {}
     if inpaint is None:
         out["deepCR clean() loop"] = lambda: [ref.clean(s) for s in stamps]
-        net = ref.maskNet.module.to(memory_format=torch.channels_last)
-        xs = [torch.from_numpy(s / np.float32(ref.scale))[None, None].contiguous(memory_format=torch.channels_last)
-              for s in stamps]
+        net = ref.maskNet.module
+        xs = [s[None, None] / np.float32(ref.scale) for s in stamps]
     else:
         out["deepCR inpaint() loop"] = lambda: [ref.inpaint(s, m) for s, m in zip(stamps, masks)]
-        net = ref.inpaintNet.module.to(memory_format=torch.channels_last)
-        xs = [torch.from_numpy(np.stack([s * (1 - m), m]).astype(np.float32))[None].contiguous(
-            memory_format=torch.channels_last) for s, m in zip(stamps, masks.astype(np.float32))]
+        net = ref.inpaintNet.module
+        xs = [np.stack([s * (1 - m), m])[None] for s, m in zip(stamps, masks.astype(np.float32))]
+    net = net.to(memory_format=torch.channels_last)
+    xs = [torch.from_numpy(x.astype(np.float32)).to("cuda" if gpu else "cpu").contiguous(
+        memory_format=torch.channels_last) for x in xs]
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
 
     def tuned():
         with torch.no_grad():
             for x in xs:
                 net(x)
+        sync()
 
     out["deepCR tuned forward (no_grad, channels_last, batch 1)"] = tuned
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+        xb = torch.cat(xs).contiguous(memory_format=torch.channels_last)
+
+        def batched():
+            with torch.no_grad():
+                for k in range(0, len(xb), 25):
+                    net(xb[k : k + 25])
+            sync()
+
+        tf32 = "TF32" if torch.backends.cudnn.allow_tf32 else "float32"
+        out[f"deepCR tuned forward (no_grad, channels_last, batch 25, cudnn.benchmark, {tf32}, on device)"] = batched
     return out
 
 
@@ -91,13 +114,13 @@ def jax_peers(model: str, stamps: np.ndarray, inpaint: str | None, masks, tile: 
     if inpaint is None:
         params = deepcr_jax.load_params(model)
         fwd = jax.jit(deepcr_jax.predict)
-        xs = [jax.device_put(s[None]) for s in stamps]
+        for b in sorted({1, *batches}):
+            xs = [jax.device_put(stamps[k : k + b]) for k in range(0, len(stamps), b)]
 
-        def pure():
-            ys = [fwd(params, x) for x in xs]
-            jax.block_until_ready(ys)
+            def pure(xs=xs):
+                jax.block_until_ready([fwd(params, x) for x in xs])
 
-        out["deepcr-jax jit(predict), batch 1 (device arrays, XLA conv)"] = pure
+            out[f"deepcr-jax jit(predict), batch {b} (arrays on device)"] = pure
     return out
 
 
@@ -107,6 +130,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batches", default="1", help="comma-separated tile batch sizes for deepcr-jax")
     ap.add_argument("--skip-chip", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="also time deepcr-jax's bfloat16 compute path")
     ap.add_argument("--stem", default="speed", help="results file name (results/<stem>.md/.json)")
     ap.add_argument(
         "--default-malloc",
@@ -124,6 +148,7 @@ def main(argv=None) -> int:
     n = 10 if args.quick else 100
     repeats = 1 if args.quick else args.repeats
     batches = tuple(int(b) for b in args.batches.split(","))
+    device = "GPU" if jax.default_backend() == "gpu" else "CPU"
     st = make_stamps(n, "mixed", seed=11)
     stamps, masks = st.image, st.cr_mask
     rows, data = [], {"machine": machine(), "results": []}
@@ -144,15 +169,19 @@ def main(argv=None) -> int:
     for model, label in (("ACS-WFC", "mask 2-32"), ("ACS-WFC-F606W-2-4", "mask 2-4")):
         spec = deepcr_jax.MODELS[model]
         fl = flops_per_pixel(spec.arch.depth, spec.arch.hidden) * stamps.size
-        peers = torch_peers(model, stamps, None, None)
+        peers = torch_peers(model, stamps, None, None, device)
         peers.update(jax_peers(model, stamps, None, None, 256, batches))
+        if args.bf16:
+            for b in batches:
+                c = deepcr_jax.load(model, tile=256, batch=b, dtype="bfloat16")
+                peers[f"deepcr-jax clean(stack), bfloat16, tile 256, batch {b}"] = lambda c=c: c.clean(stamps)
         if label == "mask 2-32":
             peers["astroscrappy (LACosmic, all cores)"] = astroscrappy_peer(stamps, st.ignore)
         record(f"{n} stamps 256x256, {label}", stamps.size, fl, peers)
     for model, label in (("ACS-WFC-F606W-2-32", "inpaint 2-32"), ("ACS-WFC-F606W-3-32", "inpaint 3-32")):
         spec = deepcr_jax.MODELS[model]
         fl = flops_per_pixel(spec.arch.depth, spec.arch.hidden, 2) * stamps.size
-        peers = torch_peers("ACS-WFC", stamps, model, masks)
+        peers = torch_peers("ACS-WFC", stamps, model, masks, device)
         peers.update(jax_peers("ACS-WFC", stamps, model, masks, 256, batches))
         record(f"{n} stamps 256x256, {label}", stamps.size, fl, peers)
     if not args.skip_chip:
@@ -163,14 +192,17 @@ def main(argv=None) -> int:
         fl = flops_per_pixel(2, 32) * chip.size
         from reference import reference
 
-        ref = reference("ACS-WFC")
+        ref = reference("ACS-WFC", device=device)
         peers = {
             "deepCR clean() (segment=True, patch 1024)": lambda: ref.clean(chip),
             "deepCR clean(segment=False)": lambda: ref.clean(chip, segment=False),
         }
         for tile in (256, 512, 1024):
-            c = deepcr_jax.load("ACS-WFC", tile=tile, batch=1)
-            peers[f"deepcr-jax clean, tile {tile}, batch 1"] = lambda c=c: c.clean(chip)
+            for b in batches:
+                if b > 1 and (chip.size // (tile * tile)) < b:
+                    continue  # fewer tiles than the batch: the batch would be padding
+                c = deepcr_jax.load("ACS-WFC", tile=tile, batch=b)
+                peers[f"deepcr-jax clean, tile {tile}, batch {b}"] = lambda c=c: c.clean(chip)
         peers["astroscrappy (LACosmic, all cores)"] = astroscrappy_peer(chip[None], np.zeros((1, *chip.shape), bool))
         record(f"chip {chip.shape[0]}x{chip.shape[1]}, mask 2-32", chip.size, fl, peers)
 

@@ -148,12 +148,17 @@ class Engine:
     def _forward(self, params: ModelParams, x: jax.Array, valid: jax.Array) -> jax.Array:
         self.compilations += 1  # Python side effect: runs at trace time only
         module = params.module
+        precision = None
         if self.dtype != jnp.float32:
             # inner layers only: the first block and the head stay float32
             module = module.clone(compute_dtype=self.dtype)
-        elif self.native:
-            module = module.clone(fuse=True)
-        y = module.apply(params.variables, x, valid=valid)
+        else:
+            # exact float32: no TF32 / bf16-pass convolutions on GPU or TPU
+            precision = "highest"
+            if self.native:
+                module = module.clone(fuse=True)
+        with jax.default_matmul_precision(precision):
+            y = module.apply(params.variables, x, valid=valid)
         return y[..., 0].astype(jnp.float32)
 
     def run(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -138,8 +138,11 @@ def network_forward(params: ModelParams, x: jax.Array) -> jax.Array:
 
     ``x`` is ``(n, ny, nx, in_channels)``; returns ``(n, ny, nx)`` (sigmoid
     probabilities for mask networks, raw predictions for inpainting ones).
+    Convolutions run at full float32 precision on every backend (no TF32 on
+    GPUs, no bf16 passes on TPUs).
     """
-    return params.module.apply(params.variables, x)[..., 0]
+    with jax.default_matmul_precision("highest"):
+        return params.module.apply(params.variables, x)[..., 0]
 
 
 def _standardize_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:

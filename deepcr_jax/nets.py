@@ -87,16 +87,11 @@ class Affine(nn.Module):
 
     features: int
 
-    def setup(self) -> None:
-        self.alpha = self.param("alpha", nn.initializers.ones, (self.features,), jnp.float32)
-        self.beta = self.param("beta", nn.initializers.zeros, (self.features,), jnp.float32)
-
-    def coefficients(self) -> tuple[jax.Array, jax.Array]:
-        """``(alpha, beta)``, each (features,) float32."""
-        return self.alpha, self.beta
-
+    @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return _affine(x, self.alpha, self.beta)
+        alpha = self.param("alpha", nn.initializers.ones, (self.features,), jnp.float32)
+        beta = self.param("beta", nn.initializers.zeros, (self.features,), jnp.float32)
+        return _affine(x, alpha, beta)
 
 
 def _affine(x: jax.Array, alpha: jax.Array, beta: jax.Array) -> jax.Array:
@@ -126,18 +121,6 @@ def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     return y + _channel(bias.astype(x.dtype), y.ndim)
 
 
-def _conv_affine_relu(x: jax.Array, kernel: jax.Array, bias: jax.Array, fused) -> jax.Array:
-    """relu((conv(x) + bias) * alpha + beta): the native kernel where it applies, else XLA."""
-    alpha, beta = fused
-    if (
-        kernel.shape[:2] == (3, 3)
-        and x.dtype == jnp.float32
-        and native.supports(x.shape[-1], kernel.shape[-1])
-    ):
-        return native.conv3x3_affine_relu(x, kernel, bias, alpha, beta)
-    return nn.relu(_affine(_conv(x, kernel, bias), alpha, beta))
-
-
 def _channel(v: jax.Array, ndim: int) -> jax.Array:
     """Per-channel vector (C,) shaped to broadcast over NHWC without rank promotion."""
     return v.reshape((1,) * (ndim - 1) + (-1,))
@@ -146,20 +129,16 @@ def _channel(v: jax.Array, ndim: int) -> jax.Array:
 class Conv(nn.Module):
     """Stride-1 'same' convolution; ``kernel`` (k, k, in, out) HWIO, ``bias`` (out,).
 
-    ``fused=(alpha, beta)`` returns ``relu(conv(x) * alpha + beta)`` instead,
-    through the native CPU kernel (:mod:`deepcr_jax.native`): inference only.
     """
 
     features: int
     size: int = 3
 
     @nn.compact
-    def __call__(self, x: jax.Array, fused=None) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:
         init = torch_uniform(self.size * self.size * x.shape[-1])
         kernel = self.param("kernel", init, (self.size, self.size, x.shape[-1], self.features))
         bias = self.param("bias", init, (self.features,))
-        if fused is not None:
-            return _conv_affine_relu(x, kernel, bias, fused)
         return _conv(x, kernel, bias)
 
 
@@ -173,13 +152,11 @@ class WeightNormConv(nn.Module):
     features: int
 
     @nn.compact
-    def __call__(self, x: jax.Array, fused=None) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:
         init = torch_uniform(9 * x.shape[-1])
         v = self.param("v", init, (3, 3, x.shape[-1], self.features))
         g = self.param("g", lambda key, shape: jnp.sqrt(jnp.sum(v**2, axis=(0, 1, 2))), (self.features,))
         bias = self.param("bias", init, (self.features,))
-        if fused is not None:
-            return _conv_affine_relu(x, weight_norm_kernel(g, v), bias, fused)
         return _conv(x, weight_norm_kernel(g, v), bias)
 
 
@@ -220,14 +197,11 @@ class DoubleConv(nn.Module):
     ``valid`` (n, ny, nx, 1), optional: 1 inside the image, 0 outside. Each
     conv's input is multiplied by it, so a tile that reaches past the image
     edge computes exactly what the whole-image forward computes with its
-    zero padding. ``fuse``: run each conv → norm → ReLU as one native CPU
-    kernel call (:mod:`deepcr_jax.native`; inference, norm ``"affine"``,
-    ``"weight"`` or ``"none"``, float32, widths it supports).
+    zero padding.
     """
 
     features: int
     norm: Norm = "batch"
-    fuse: bool = False
 
     @nn.compact
     def __call__(
@@ -238,18 +212,7 @@ class DoubleConv(nn.Module):
     ) -> jax.Array:
         for i in range(2):
             x = _apply_valid(x, valid)
-            conv = (WeightNormConv if self.norm == "weight" else Conv)(self.features, name=f"conv{i}")
-            if self.fuse and not train and self.norm != "batch":
-                if self.norm == "affine":
-                    fused = Affine(self.features, name=f"bn{i}").coefficients()
-                else:
-                    fused = (
-                        jnp.ones((self.features,), jnp.float32),
-                        jnp.zeros((self.features,), jnp.float32),
-                    )
-                x = conv(x, fused=fused)
-                continue
-            x = conv(x)
+            x = (WeightNormConv if self.norm == "weight" else Conv)(self.features, name=f"conv{i}")(x)
             if self.norm == "batch":
                 x = BatchNorm(name=f"bn{i}")(x, train=train)
             elif self.norm == "affine":
@@ -263,7 +226,6 @@ class Up(nn.Module):
 
     features: int
     norm: Norm = "batch"
-    fuse: bool = False
 
     @nn.compact
     def __call__(
@@ -275,7 +237,7 @@ class Up(nn.Module):
     ) -> jax.Array:
         x = ConvTranspose2x2(self.features, name="up")(x)
         x = jnp.concatenate([skip, x], axis=-1)
-        return DoubleConv(self.features, self.norm, self.fuse, name="conv")(x, train=train, valid=valid)
+        return DoubleConv(self.features, self.norm, name="conv")(x, train=train, valid=valid)
 
 
 def max_pool2(x: jax.Array) -> jax.Array:
@@ -310,8 +272,11 @@ class UNet(nn.Module):
     inner layers. The first block (``inc``, which sees the raw image with
     its large dynamic range) and the output head stay in the input's dtype;
     everything between runs in ``compute_dtype``. None: the input's dtype
-    throughout. ``fuse``: float32 inference through the native CPU kernel
-    (see :class:`DoubleConv`); CPU backend only.
+    throughout. ``fuse``: float32 inference of ``"affine"``/``"weight"``/
+    ``"none"`` networks with ``hidden`` a multiple of 32 through the native
+    CPU kernels (:mod:`deepcr_jax.native`, see :func:`_fused_forward`); CPU
+    backend only; other networks ignore it. Outputs outside ``valid`` are
+    then 0 (they are undefined either way).
     """
 
     depth: int = 2
@@ -332,21 +297,96 @@ class UNet(nn.Module):
         if self.depth not in (2, 3):
             raise ValueError(f"depth must be 2 or 3; got {self.depth}")
         h = self.hidden
+        native_ok = x.dtype == jnp.float32 and h % 32 == 0 and self.out_channels == 1
+        if self.fuse and native_ok and not train and self.compute_dtype is None and self.norm != "batch":
+            return _fused_forward(self.variables["params"], x, valid, self.depth, self.norm, self.head)
         v1 = valid
         v2 = None if valid is None else max_pool2(valid)
         kw = dict(train=train)
-        fuse = self.fuse and self.compute_dtype is None
-        x1 = DoubleConv(h, self.norm, fuse, name="inc")(x, valid=v1, **kw)
+        x1 = DoubleConv(h, self.norm, name="inc")(x, valid=v1, **kw)
         io_dtype = x1.dtype
         if self.compute_dtype is not None:
             x1 = x1.astype(self.compute_dtype)
             v1 = None if v1 is None else v1.astype(self.compute_dtype)
             v2 = None if v2 is None else v2.astype(self.compute_dtype)
-        x2 = DoubleConv(2 * h, self.norm, fuse, name="down1")(max_pool2(x1), valid=v2, **kw)
+        x2 = DoubleConv(2 * h, self.norm, name="down1")(max_pool2(x1), valid=v2, **kw)
         if self.depth == 3:
             v3 = None if valid is None else max_pool2(v2)
-            x3 = DoubleConv(4 * h, self.norm, fuse, name="down2")(max_pool2(x2), valid=v3, **kw)
-            x2 = Up(2 * h, self.norm, fuse, name="up7")(x3, x2, valid=v2, **kw)
-        y = Up(h, self.norm, fuse, name="up8")(x2, x1, valid=v1, **kw)
+            x3 = DoubleConv(4 * h, self.norm, name="down2")(max_pool2(x2), valid=v3, **kw)
+            x2 = Up(2 * h, self.norm, name="up7")(x3, x2, valid=v2, **kw)
+        y = Up(h, self.norm, name="up8")(x2, x1, valid=v1, **kw)
         y = Conv(self.out_channels, size=1, name="outc")(y.astype(io_dtype))
         return nn.sigmoid(y) if self.head == "sigmoid" else y
+
+
+# --------------------------------------------------------------------------
+# inference through the native CPU kernels
+
+
+def valid_bounds(valid: jax.Array) -> jax.Array:
+    """Bounds (n, 4) int32 of each image's valid rectangle: rows [r0, r1), columns [c0, c1).
+
+    ``valid`` (n, ny, nx, 1) is 1 on a rectangle (the image inside a tile),
+    0 elsewhere; an image with no valid pixel gets (0, 0, 0, 0).
+    """
+    v = valid[..., 0] > 0
+    rows, cols = jnp.any(v, axis=2), jnp.any(v, axis=1)
+
+    def span(m):
+        first = jnp.argmax(m, axis=-1)
+        last = m.shape[-1] - jnp.argmax(m[:, ::-1], axis=-1)
+        return first, last
+
+    (r0, r1), (c0, c1) = span(rows), span(cols)
+    b = jnp.stack([r0, r1, c0, c1], axis=-1).astype(jnp.int32)
+    return jnp.where(jnp.any(rows, axis=-1, keepdims=True), b, 0)
+
+
+def _pooled(bounds: jax.Array) -> jax.Array:
+    """Bounds at half resolution: what ``max_pool2`` does to the valid mask."""
+    return jnp.stack([bounds[:, 0] // 2, (bounds[:, 1] + 1) // 2, bounds[:, 2] // 2, (bounds[:, 3] + 1) // 2], -1)
+
+
+def _fused_forward(params, x: jax.Array, valid: jax.Array | None, depth: int, norm: Norm, head: Head) -> jax.Array:
+    """:class:`UNet`'s inference forward, every layer but the pooling in native kernels.
+
+    Each conv → norm → ReLU is one kernel call; tiles that reach past the
+    image edge pass their valid rectangle as bounds (no masking passes); the
+    up blocks read [skip, upsampled] without concatenating; the 1×1 output
+    conv and sigmoid run in the last conv's epilogue.
+    """
+
+    def conv_block(p, x, bounds, x1=None, out=None):
+        for i in range(2):
+            c = p[f"conv{i}"]
+            kernel = weight_norm_kernel(c["g"], c["v"]) if norm == "weight" else c["kernel"]
+            co = kernel.shape[-1]
+            if norm == "affine":
+                alpha, beta = p[f"bn{i}"]["alpha"], p[f"bn{i}"]["beta"]
+            else:
+                alpha, beta = jnp.ones((co,), jnp.float32), jnp.zeros((co,), jnp.float32)
+            fuse_head = out is not None and i == 1 and co == 32
+            x = native.conv3x3_affine_relu(
+                x, kernel, c["bias"], alpha, beta, x1=x1 if i == 0 else None, bounds=bounds,
+                head=out if fuse_head else None,
+            )
+            if out is not None and i == 1 and not fuse_head:
+                w, b, sigmoid = out
+                x = jnp.einsum("nhwc,c->nhw", x, w)[..., None] + b
+                x = nn.sigmoid(x) if sigmoid else x
+        return x
+
+    b1 = native.full_bounds(x) if valid is None else valid_bounds(valid)
+    b2 = _pooled(b1)
+    outc = params["outc"]
+    head_w, head_b = outc["kernel"][0, 0, :, 0], outc["bias"]
+    def up_block(p, low, skip, bounds, out=None):
+        up = native.upconv2x2(low, p["up"]["kernel"], p["up"]["bias"])
+        return conv_block(p["conv"], skip, bounds, x1=up, out=out)
+
+    x1 = conv_block(params["inc"], x, b1)
+    x2 = conv_block(params["down1"], max_pool2(x1), b2)
+    if depth == 3:
+        x3 = conv_block(params["down2"], max_pool2(x2), _pooled(b2))
+        x2 = up_block(params["up7"], x3, x2, b2)
+    return up_block(params["up8"], x2, x1, b1, out=(head_w, head_b, head == "sigmoid"))

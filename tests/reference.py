@@ -19,8 +19,11 @@ def learned_models_root() -> str:
 
 
 @functools.cache
-def reference(mask: str, inpaint: str | None = None):
-    """A ``deepCR.deepCR`` instance for zoo mask model ``mask`` (and inpainter)."""
+def reference(mask: str, inpaint: str | None = None, device: str = "CPU"):
+    """A ``deepCR.deepCR`` instance for zoo mask model ``mask`` (and inpainter).
+
+    ``device`` is deepCR's own argument: "CPU" or "GPU" (CUDA).
+    """
     import deepCR  # noqa: F401  (must precede learned_models: circular import)
     import torch
     from deepCR import deepCR as RefDeepCR
@@ -30,22 +33,24 @@ def reference(mask: str, inpaint: str | None = None):
 
     from deepcr_jax.zoo import MODELS
 
-    torch.set_num_threads(2)
+    if device == "CPU":
+        torch.set_num_threads(2)
     root = learned_models_root()
     registered_inpaint = inpaint if inpaint in inpaint_dict else None
-    ref = RefDeepCR(mask=mask if mask in mask_dict else "ACS-WFC", inpaint=registered_inpaint, device="CPU")
+    ref = RefDeepCR(mask=mask if mask in mask_dict else "ACS-WFC", inpaint=registered_inpaint, device=device)
+    place = (lambda net: net.cuda()) if device == "GPU" else (lambda net: net)
     if mask not in mask_dict:
         spec = MODELS[mask]
         net = WrappedModel(UNet2SigmoidBatchNorm(1, 1, spec.arch.hidden))
         net.load_state_dict(torch.load(os.path.join(root, spec.source), map_location="cpu"))
-        ref.maskNet = net.eval()
+        ref.maskNet = place(net).eval()
         ref.scale = spec.scale
     if inpaint is not None and inpaint not in inpaint_dict:
         spec = MODELS[inpaint]
         cls = UNet3BatchNorm if spec.arch.depth == 3 else UNet2BatchNorm
         net = WrappedModel(cls(2, 1, spec.arch.hidden))
         net.load_state_dict(torch.load(os.path.join(root, spec.source), map_location="cpu"))
-        ref.inpaintNet = net.eval()
+        ref.inpaintNet = place(net).eval()
     return ref
 
 

@@ -18,6 +18,13 @@ from deepcr_jax.zoo import MODELS, weights_path
 torch = pytest.importorskip("torch")
 
 
+@pytest.fixture(autouse=True)
+def _full_float32_precision():
+    """Layer-level comparisons at float32 (no TF32 when run on a GPU)."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def _nchw(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 

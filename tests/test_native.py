@@ -22,12 +22,19 @@ import deepcr_jax
 from deepcr_jax import native
 from deepcr_jax.engine import Engine
 from deepcr_jax.model import load_params
-from deepcr_jax.nets import UNet
+from deepcr_jax.nets import ConvTranspose2x2, UNet, valid_bounds
 
 requires_native = pytest.mark.skipif(
     shutil.which(os.environ.get("CXX", "c++")) is None or os.environ.get("DEEPCR_JAX_NATIVE") == "0",
     reason="no C++ compiler: the native kernel cannot be built here",
 )
+
+
+@pytest.fixture(autouse=True)
+def _on_cpu():
+    """The kernels are CPU-only: run these tests there also where a GPU is the default."""
+    with jax.default_device(jax.devices("cpu")[0]):
+        yield
 
 
 def _xla(x, w, b, alpha, beta):
@@ -82,6 +89,45 @@ def test_kernel_under_vmap(rng):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
+@requires_native
+@pytest.mark.parametrize("shape", [(2, 6, 17), (1, 20, 31)])
+def test_kernel_two_inputs_bounds_and_head(rng, shape):
+    """[x0, x1] without concatenation, zero outside each image's bounds, fused 1x1 head."""
+    x0, w, b, alpha, beta = _operands(rng, shape, 32 + 16, 32)
+    x0, x1 = x0[..., :32], x0[..., 32:]
+    n, ny, nx = shape
+    bounds = np.array([[1, ny - 2, 3, nx - 1], [0, ny, 0, nx]][:n] if ny > 10 else [[2, ny, 0, 13], [0, 0, 0, 0]],
+                      np.int32)[:n]
+    valid = np.zeros(shape + (1,), np.float32)
+    for k, (r0, r1, c0, c1) in enumerate(bounds):
+        valid[k, r0:r1, c0:c1] = 1.0
+    full = np.concatenate([x0, x1], axis=-1) * valid
+    want = np.asarray(_xla(full, w, b, alpha, beta)) * valid
+    got = native.conv3x3_affine_relu(x0, w, b, alpha, beta, x1=x1, bounds=bounds)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+    hw, hb = rng.standard_normal(32).astype(np.float32), rng.standard_normal(1).astype(np.float32)
+    z = want @ hw + hb
+    for sigmoid, ref in ((False, z), (True, 1 / (1 + np.exp(-z)))):
+        got = native.conv3x3_affine_relu(x0, w, b, alpha, beta, x1=x1, bounds=bounds, head=(hw, hb, sigmoid))
+        assert got.shape == shape + (1,)
+        inside = valid[..., 0] > 0
+        np.testing.assert_allclose(np.asarray(got)[..., 0][inside], ref[inside], rtol=1e-5, atol=1e-5)
+        assert not np.asarray(got)[..., 0][~inside].any()
+
+
+@requires_native
+@pytest.mark.parametrize("shape, ci, co", [((2, 3, 5), 64, 32), ((1, 7, 26), 128, 64), ((1, 1, 1), 32, 32)])
+def test_upconv_matches_transposed_conv(rng, shape, ci, co):
+    x = rng.standard_normal(shape + (ci,)).astype(np.float32)
+    params = {"kernel": rng.standard_normal((2, 2, ci, co)).astype(np.float32),
+              "bias": rng.standard_normal(co).astype(np.float32)}
+    with jax.default_matmul_precision("highest"):
+        want = ConvTranspose2x2(co).apply({"params": params}, x)
+    got = jax.jit(native.upconv2x2)(x, params["kernel"], params["bias"])
+    assert got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
+
+
 def test_unsupported_width_is_refused():
     assert native.supports(32, 64) and not native.supports(32, 4)
 
@@ -95,11 +141,27 @@ def test_fused_network_equals_xla_network(rng, model):
     assert isinstance(module, UNet)
     x = rng.normal(50.0, 20.0, size=(2, 40, 48, params.in_channels)).astype(np.float32) / params.scale
     valid = np.zeros((2, 40, 48, 1), np.float32)
-    valid[:, :32, :40] = 1.0  # an image edge inside the tile, on the pooling grid
-    plain = module.apply(params.variables, x, valid=valid)
+    valid[0, :32, :40] = 1.0  # image edges inside the tile, on the pooling grid
+    valid[1, 8:, 4:] = 1.0
+    with jax.default_matmul_precision("highest"):
+        plain = np.asarray(module.apply(params.variables, x, valid=valid))
     fused = jax.jit(lambda v, x, m: module.clone(fuse=True).apply(v, x, valid=m))(params.variables, x, valid)
+    inside = valid[..., 0] > 0  # outside the image the outputs are undefined
     scale = max(float(np.abs(plain).max()), 1.0)
-    np.testing.assert_allclose(np.asarray(fused), np.asarray(plain), rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(np.asarray(fused)[inside], plain[inside], rtol=0, atol=1e-5 * scale)
+    # the whole tile inside the image (no valid mask) and a batch-padding slot (nothing valid)
+    np.testing.assert_allclose(
+        module.clone(fuse=True).apply(params.variables, x), module.apply(params.variables, x), rtol=0, atol=1e-5 * scale
+    )
+    empty = module.clone(fuse=True).apply(params.variables, x, valid=np.zeros_like(valid))
+    assert np.isfinite(np.asarray(empty)).all()
+
+
+def test_valid_bounds():
+    valid = np.zeros((3, 12, 10, 1), np.float32)
+    valid[0] = 1
+    valid[1, 4:, :6] = 1
+    np.testing.assert_array_equal(valid_bounds(valid), [[0, 12, 0, 10], [4, 12, 0, 6], [0, 0, 0, 0]])
 
 
 @requires_native
