@@ -120,7 +120,8 @@ def jax_peers(model: str, stamps: np.ndarray, inpaint: str | None, masks, tile: 
             def pure(xs=xs):
                 jax.block_until_ready([fwd(params, x) for x in xs])
 
-            out[f"deepcr-jax jit(predict), batch {b} (arrays on device)"] = pure
+            conv = ", XLA conv" if jax.default_backend() == "cpu" else ""
+            out[f"deepcr-jax jit(predict), batch {b} (arrays on device{conv})"] = pure
     return out
 
 
