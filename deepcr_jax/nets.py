@@ -127,9 +127,7 @@ def _channel(v: jax.Array, ndim: int) -> jax.Array:
 
 
 class Conv(nn.Module):
-    """Stride-1 'same' convolution; ``kernel`` (k, k, in, out) HWIO, ``bias`` (out,).
-
-    """
+    """Stride-1 'same' convolution; ``kernel`` (k, k, in, out) HWIO, ``bias`` (out,)."""
 
     features: int
     size: int = 3
@@ -297,7 +295,8 @@ class UNet(nn.Module):
         if self.depth not in (2, 3):
             raise ValueError(f"depth must be 2 or 3; got {self.depth}")
         h = self.hidden
-        native_ok = x.dtype == jnp.float32 and h % 32 == 0 and self.out_channels == 1
+        # every layer's width is a multiple of h, so the first conv decides
+        native_ok = x.dtype == jnp.float32 and native.supports(x.shape[-1], h) and self.out_channels == 1
         if self.fuse and native_ok and not train and self.compute_dtype is None and self.norm != "batch":
             return _fused_forward(self.variables["params"], x, valid, self.depth, self.norm, self.head)
         v1 = valid
@@ -372,7 +371,7 @@ def _fused_forward(params, x: jax.Array, valid: jax.Array | None, depth: int, no
             )
             if out is not None and i == 1 and not fuse_head:
                 w, b, sigmoid = out
-                x = jnp.einsum("nhwc,c->nhw", x, w)[..., None] + b
+                x = jnp.einsum("nhwc,c->nhw", x, w)[..., None] + _channel(b, 4)
                 x = nn.sigmoid(x) if sigmoid else x
         return x
 

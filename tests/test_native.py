@@ -157,6 +157,18 @@ def test_fused_network_equals_xla_network(rng, model):
     assert np.isfinite(np.asarray(empty)).all()
 
 
+@requires_native
+def test_fused_network_wider_than_one_register_block(rng):
+    """hidden 64: the 1x1 head cannot ride in the kernel's epilogue and runs after it."""
+    module = UNet(depth=2, hidden=64, norm="affine")
+    x = rng.normal(size=(1, 24, 32, 1)).astype(np.float32)
+    variables = module.init(jax.random.PRNGKey(0), x)
+    with jax.default_matmul_precision("highest"):
+        plain = np.asarray(module.apply(variables, x))
+    fused = np.asarray(jax.jit(module.clone(fuse=True).apply)(variables, x))
+    np.testing.assert_allclose(fused, plain, rtol=0, atol=1e-5)
+
+
 def test_valid_bounds():
     valid = np.zeros((3, 12, 10, 1), np.float32)
     valid[0] = 1
