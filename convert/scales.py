@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from deepcr_jax.clean import Cleaner
+from deepcr_jax.cleaner import Cleaner
 from deepcr_jax.metrics import confusion, roc, tpr_at_fpr
 from deepcr_jax.simulate import make_stamps
 from deepcr_jax.zoo import MODELS

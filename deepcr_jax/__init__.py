@@ -8,9 +8,16 @@ Quick use::
     cleaner = deepcr_jax.load("ACS-WFC", inpaint="ACS-WFC-F606W-2-32")
     params = deepcr_jax.load_params("ACS-WFC")            # functional core
     prob = jax.jit(deepcr_jax.predict)(params, stamps)    # (n, ny, nx)
+
+Modules: ``arch`` (the UNet topology), ``nets`` (flax modules), ``weights``
+(the ``.npz`` format), ``zoo`` (registry), ``model`` (preprocessing,
+``predict``), ``tiling``/``engine`` (compiled tiled forward), ``native``
+(CPU kernels), ``cleaner`` (``clean``/``load``), ``medmask``, ``hst``/
+``fits``/``files`` (FITS data), ``simulate``, ``evaluate``, ``training``,
+``compat`` (drop-in ``deepCR``), ``cli``; ``convert`` reads PyTorch files.
 """
 
-from deepcr_jax.clean import Cleaner, CleanReport, clean, inpaint, load
+from deepcr_jax.cleaner import Cleaner, CleanReport, clean, inpaint, load
 from deepcr_jax.model import ModelParams, load_params, predict
 from deepcr_jax.zoo import MODELS, list_models
 
@@ -28,4 +35,5 @@ __all__ = [
     "load",
     "load_params",
     "predict",
+    "tune_host_allocator",
 ]

@@ -17,7 +17,6 @@ and shows its traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -341,7 +340,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     mask, cleaned = result if args.inpaint is not None else (result, None)
     t_clean = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cleaner.clean(ex.image, threshold=args.threshold, ignore=ex.ignore, inpaint=False)
+    cleaner.clean(ex.image, threshold=args.threshold, ignore=ex.ignore, cleaned=False)
     t_again = time.perf_counter() - t0
 
     tp, tn, fp, fn = confusion(mask, ex.cr_mask, ex.ignore)
@@ -441,7 +440,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         raise UserError(f"output {out!r} already exists; pass --overwrite to replace it")
     if not (np.isfinite(args.scale) and args.scale > 0):
         raise UserError(f"--scale must be a positive number; got {args.scale}")
-    from deepcr_jax.convert import convert_state_dict, load_torch_state_dict, save_npz, sha256_file
+    from deepcr_jax.convert import convert_state_dict, load_torch_state_dict
+    from deepcr_jax.weights import model_meta, save_npz, sha256_file
 
     try:
         sd = load_torch_state_dict(src)
@@ -455,18 +455,17 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         variables, arch = convert_state_dict(sd)
     except ValueError as err:
         raise UserError(f"{src}: {_one_line(err)}") from None
-    kind = "inpaint" if arch.in_channels == 2 else "mask"
-    meta = {
-        "name": args.name or Path(src).stem,
-        "kind": kind,
-        "arch": dataclasses.asdict(arch),
-        "scale": float(args.scale),
-        "standardize": bool(args.standardize),
-        "threshold": float(args.threshold),
-        "source": os.path.basename(src),
-        "source_sha256": sha256_file(src),
-        "notes": "converted by `deepcr-jax convert`",
-    }
+    kind = arch.kind
+    meta = model_meta(
+        arch,
+        name=args.name or Path(src).stem,
+        scale=args.scale,
+        standardize=args.standardize,
+        threshold=args.threshold,
+        source=os.path.basename(src),
+        source_sha256=sha256_file(src),
+        notes="converted by `deepcr-jax convert`",
+    )
     save_npz(out, variables, meta)
     print(f"{src} -> {out}")
     print(
@@ -497,6 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    from deepcr_jax.engine import tune_host_allocator
+
+    tune_host_allocator()  # this process only cleans: keep XLA's freed buffers (see its doc)
     try:
         return int(args.func(args))
     except _USER_ERRORS as err:

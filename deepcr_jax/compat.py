@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from deepcr_jax.clean import Cleaner
+from deepcr_jax.cleaner import Cleaner
 from deepcr_jax.model import load_params
 from deepcr_jax.zoo import MODELS, list_models
 
@@ -90,26 +90,17 @@ def _devices_for(device: Any) -> tuple[list | None, Any]:
 
 def _convert_pth(path: str, directory: str) -> str:
     """Convert a user's deepCR mask ``.pth`` to a ``.npz`` in ``directory``; returns its path."""
-    import dataclasses
-
-    from deepcr_jax.convert import convert_state_dict, load_torch_state_dict, save_npz
+    from deepcr_jax.convert import convert_state_dict, load_torch_state_dict
+    from deepcr_jax.weights import model_meta, save_npz
 
     variables, arch = convert_state_dict(load_torch_state_dict(path))
-    if arch.in_channels != 1:
+    if arch.kind != "mask":
         raise ValueError(
             f"mask {path!r} is an inpainting network ({arch.in_channels} input channels); "
             "a mask network (1 input channel) is needed"
         )
-    meta = {
-        "name": os.path.basename(path),
-        "kind": "mask",
-        "arch": dataclasses.asdict(arch),
-        "scale": 1.0,
-        "standardize": False,
-        "threshold": 0.5,
-    }
     out = os.path.join(directory, "mask.npz")
-    save_npz(out, variables, meta)
+    save_npz(out, variables, model_meta(arch, name=os.path.basename(path)))
     return out
 
 
@@ -233,7 +224,7 @@ class deepCR:
         if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0:
             raise ValueError(f"n_jobs must be a non-zero int (joblib convention); got {n_jobs!r}")
         with self._on_device():
-            out = self.cleaner.clean(img0, threshold=threshold, binary=bool(binary), inpaint=bool(inpaint))
+            out = self.cleaner.clean(img0, threshold=threshold, binary=bool(binary), cleaned=bool(inpaint))
         mask, cleaned = out if inpaint else (out, None)
         if n_jobs != 1:
             mask_dtype, clean_dtype = (np.int8 if binary else np.float32), np.float32

@@ -18,6 +18,7 @@ the kernel on its own tiles.
 from __future__ import annotations
 
 import ctypes
+import functools
 import platform
 from collections.abc import Sequence
 
@@ -27,6 +28,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from deepcr_jax import native
+from deepcr_jax.native import unet as native_unet
 from deepcr_jax.model import ModelParams
 from deepcr_jax.tiling import TilePlan, copy_window, plan_tiles
 
@@ -49,8 +51,10 @@ def tune_host_allocator() -> bool:
     forward on CPU. This raises the mmap threshold to 512 MiB and the trim
     threshold to 1 GiB, process-wide (PyTorch in the same process gets the
     same benefit). Peak memory is unchanged; memory freed after a run stays
-    with the process for reuse. Done once, on Linux/glibc only, when the
-    first CPU engine is built; ``DEEPCR_JAX_TUNE_MALLOC=0`` turns it off.
+    with the process for reuse. Linux/glibc only; nothing in the library
+    calls it on its own: call it once at the start of a program that cleans
+    on CPU (the ``deepcr-jax`` command does); ``DEEPCR_JAX_TUNE_MALLOC=0``
+    makes it a no-op.
 
     Returns whether the thresholds are (now) set.
     """
@@ -68,6 +72,12 @@ def tune_host_allocator() -> bool:
     ok = mallopt(_M_MMAP_THRESHOLD, 512 << 20) == 1 and mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
     _allocator_tuned = ok
     return ok
+
+
+@functools.lru_cache(maxsize=None)
+def mesh_of(devices: tuple[jax.Device, ...]) -> Mesh:
+    """The 1-D ``("batch",)`` mesh over ``devices``, built once per device set."""
+    return Mesh(np.asarray(devices), ("batch",))
 
 
 def resolve_dtype(dtype) -> jnp.dtype:
@@ -122,15 +132,18 @@ class Engine:
         self.tile = int(tile)
         self.depth = params.depth
         self.in_channels = params.in_channels
-        self.mesh = Mesh(np.asarray(devices), ("batch",))
+        self.mesh = mesh_of(tuple(devices))
         self._data = NamedSharding(self.mesh, PartitionSpec("batch"))
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self.params = jax.device_put(params, replicated)
         self.compilations = 0
         on_cpu = all(d.platform == "cpu" for d in devices)
-        if on_cpu:
-            tune_host_allocator()
-        self.native = on_cpu and self.dtype == jnp.float32 and native.available()
+        self.native = (
+            on_cpu
+            and self.dtype == jnp.float32
+            and native_unet.supported(params.norm, params.hidden, params.in_channels)
+            and native.available()
+        )
         forward = self._forward
         if self.native and self.n_devices > 1:
             spec = PartitionSpec("batch")
@@ -147,18 +160,16 @@ class Engine:
 
     def _forward(self, params: ModelParams, x: jax.Array, valid: jax.Array) -> jax.Array:
         self.compilations += 1  # Python side effect: runs at trace time only
-        module = params.module
-        precision = None
-        if self.dtype != jnp.float32:
+        if self.native:
+            y = native_unet.forward(params.variables, x, valid, depth=params.depth, norm=params.norm,
+                                    head=params.head)
+        elif self.dtype != jnp.float32:
             # inner layers only: the first block and the head stay float32
-            module = module.clone(compute_dtype=self.dtype)
+            y = params.module.clone(compute_dtype=self.dtype).apply(params.variables, x, valid=valid)
         else:
             # exact float32: no TF32 / bf16-pass convolutions on GPU or TPU
-            precision = "highest"
-            if self.native:
-                module = module.clone(fuse=True)
-        with jax.default_matmul_precision(precision):
-            y = module.apply(params.variables, x, valid=valid)
+            with jax.default_matmul_precision("highest"):
+                y = params.module.apply(params.variables, x, valid=valid)
         return y[..., 0].astype(jnp.float32)
 
     def run(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:

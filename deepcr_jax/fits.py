@@ -729,11 +729,11 @@ def clean_fits(
     for chip in chips:
         if inpainter:
             mask, clean = cleaner.clean(
-                chip.image, threshold=thr, binary=True, ignore=chip.ignore, inpaint=True
+                chip.image, threshold=thr, binary=True, ignore=chip.ignore, cleaned=True
             )
             cleaned.append(np.asarray(clean))
         else:
-            mask = cleaner.clean(chip.image, threshold=thr, binary=True, ignore=chip.ignore, inpaint=False)
+            mask = cleaner.clean(chip.image, threshold=thr, binary=True, ignore=chip.ignore, cleaned=False)
         masks.append(np.asarray(mask, bool))
     meta = {"model": model_name, "threshold": thr, "inpaint": inpainter}
     out = write_fits(

@@ -1,4 +1,4 @@
-"""Functional core: loaded parameters as a pytree and a pure ``predict``.
+"""Functional core: loaded parameters as a pytree, the one preprocessing, a pure ``predict``.
 
 ``params = load_params("ACS-WFC")`` returns a :class:`ModelParams` pytree
 (arrays are leaves; architecture and preprocessing are static metadata), and
@@ -10,23 +10,37 @@ own ``jit``/``vmap``/``grad``::
 
 Preprocessing follows deepCR 0.3.1's ``clean``: divide by the model's scale,
 optionally standardise (WFC3-UVIS), zero-pad the top/left to a multiple of 4,
-run the network, crop.
+run the network, crop. :func:`preprocess` and :func:`postprocess` are that
+pipeline, written once for numpy and JAX arrays alike (``xp``): ``predict``
+runs them in JAX, :func:`deepcr_jax.clean` in numpy around its tiled engine,
+and training feeds the network through the same :func:`preprocess`.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from deepcr_jax.convert import Architecture, inference_variables, load_npz
+from deepcr_jax.arch import Architecture
 from deepcr_jax.nets import UNet
+from deepcr_jax.weights import inference_variables, load_npz
 from deepcr_jax.zoo import get_spec, weights_path
 
-__all__ = ["PAD_MULTIPLE", "ModelParams", "load_params", "load_variables", "network_forward", "predict"]
+__all__ = [
+    "PAD_MULTIPLE",
+    "ModelParams",
+    "Undo",
+    "load_params",
+    "network_forward",
+    "postprocess",
+    "predict",
+    "preprocess",
+]
 
 #: deepCR pads images at the top/left with zeros to a multiple of 4.
 PAD_MULTIPLE = 4
@@ -37,72 +51,77 @@ class ModelParams:
     """A loaded network: inference variables plus static metadata.
 
     A pytree: ``variables`` holds the arrays (``{"params": ...}``);
-    everything else is static
-    (part of the tree structure, hence of any jit cache key).
+    everything else is static (part of the tree structure, hence of any jit
+    cache key).
+
+    Attributes
+    ----------
+    variables : dict
+        Inference variables for ``arch.module(norm=norm)``.
+    name : str
+    arch : Architecture
+        Depth, width, input channels, stored normalisation, head.
+    norm : {"affine", "none"}
+        The inference network's normalisation (BatchNorm as a per-channel
+        affine; weight-norm folded into plain kernels).
+    scale : float
+        The network sees ``image / scale``.
+    standardize : bool
+        Per-image mean/std standardisation after scaling (WFC3-UVIS).
+    threshold : float
+        Recommended probability threshold.
     """
 
     variables: Any
     name: str = flax.struct.field(pytree_node=False)
-    kind: str = flax.struct.field(pytree_node=False)
-    depth: int = flax.struct.field(pytree_node=False)
-    hidden: int = flax.struct.field(pytree_node=False)
-    in_channels: int = flax.struct.field(pytree_node=False)
-    head: str = flax.struct.field(pytree_node=False)
+    arch: Architecture = flax.struct.field(pytree_node=False)
     norm: str = flax.struct.field(pytree_node=False)
     scale: float = flax.struct.field(pytree_node=False)
     standardize: bool = flax.struct.field(pytree_node=False)
     threshold: float = flax.struct.field(pytree_node=False)
 
     @property
+    def kind(self) -> str:
+        """``"mask"`` or ``"inpaint"``."""
+        return self.arch.kind
+
+    @property
+    def depth(self) -> int:
+        return self.arch.depth
+
+    @property
+    def hidden(self) -> int:
+        return self.arch.hidden
+
+    @property
+    def in_channels(self) -> int:
+        return self.arch.in_channels
+
+    @property
+    def head(self) -> str:
+        return self.arch.head
+
+    @property
     def module(self) -> UNet:
         """The flax module these variables belong to (apply with ``train=False``)."""
-        return UNet(depth=self.depth, hidden=self.hidden, norm=self.norm, head=self.head)
+        return self.arch.module(norm=self.norm)
 
 
-def _spec_from_meta(meta: dict, path: str) -> dict:
-    try:
-        arch = Architecture(**meta["arch"])
-        return dict(
-            name=meta.get("name", os.path.basename(path)),
-            kind=meta.get("kind", "inpaint" if arch.in_channels == 2 else "mask"),
-            arch=arch,
-            scale=float(meta.get("scale", 1.0)),
-            standardize=bool(meta.get("standardize", False)),
-            threshold=float(meta.get("threshold", 0.5)),
-        )
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a deepcr-jax weights file (bad __meta__: {err})") from err
-
-
-def load_variables(model: str | os.PathLike) -> tuple[dict, dict]:
-    """Unfolded flax variables and metadata of a zoo name or ``.npz`` path.
-
-    The unfolded variables (``params`` and, for BatchNorm networks,
-    ``batch_stats``) are what fine-tuning starts from.
-    """
-    path = _resolve_path(model)
-    variables, meta = load_npz(path)
-    return variables, meta
-
-
-def _resolve_path(model: str | os.PathLike) -> str:
+def _resolve_path(model: str | os.PathLike, kind: str | None) -> str:
     if isinstance(model, os.PathLike) or (isinstance(model, str) and model.endswith(".npz")):
-        path = os.fspath(model)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"model weights file {path!r} does not exist")
-        return path
-    get_spec(model)  # raises listing valid names
+        return os.fspath(model)
+    get_spec(model, kind)  # raises listing valid names
     return weights_path(model)
 
 
 def load_params(model: str | os.PathLike = "ACS-WFC", *, kind: str | None = None) -> ModelParams:
-    """Load a zoo model (or a converted ``.npz``) ready for :func:`predict`.
+    """Load a zoo model (or a weights ``.npz``) ready for :func:`predict`.
 
     Parameters
     ----------
     model : str or path-like
         A zoo name (see :func:`deepcr_jax.list_models`) or the path of a
-        ``.npz`` written by ``deepcr-jax convert``.
+        ``.npz`` written by ``deepcr-jax convert`` or by training's export.
     kind : {"mask", "inpaint"}, optional
         Require this kind of network; a clear error otherwise.
 
@@ -110,26 +129,37 @@ def load_params(model: str | os.PathLike = "ACS-WFC", *, kind: str | None = None
     -------
     ModelParams
         Inference variables (weight-norm folded into the kernels, BatchNorm
-        as a per-channel affine; see :func:`deepcr_jax.convert.inference_variables`),
+        as a per-channel affine; see :func:`deepcr_jax.weights.inference_variables`),
         float32, on the default device.
     """
-    if isinstance(model, str) and not model.endswith(".npz"):
-        get_spec(model, kind)
-    path = _resolve_path(model)
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a zoo name (str) or a path; got {type(model).__name__}")
+    path = _resolve_path(model, kind)
     variables, meta = load_npz(path)
-    info = _spec_from_meta(meta, path)
-    if kind is not None and info["kind"] != kind:
-        raise ValueError(f"model {model!r} is a {info['kind']} network; a {kind} network is needed here")
-    arch: Architecture = info.pop("arch")
-    inference, norm = inference_variables(variables, arch)
+    try:
+        arch = Architecture(**meta["arch"])
+        name = str(meta.get("name", os.path.basename(path)))
+        scale = float(meta.get("scale", 1.0))
+        standardize = bool(meta.get("standardize", False))
+        threshold = float(meta.get("threshold", 0.5))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not a deepcr-jax weights file (bad __meta__: {err})") from None
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"{path}: scale must be a positive number; got {scale}")
+    if kind is not None and arch.kind != kind:
+        raise ValueError(f"model {os.fspath(model)!r} is a {arch.kind} network; a {kind} network is needed here")
+    try:
+        inference, norm = inference_variables(variables, arch)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path}: weights do not match their architecture {arch} ({err!r})") from None
     return ModelParams(
         variables=jax.tree.map(jnp.asarray, inference),
+        name=name,
+        arch=arch,
         norm=norm,
-        depth=arch.depth,
-        hidden=arch.hidden,
-        in_channels=arch.in_channels,
-        head=arch.head,
-        **info,
+        scale=scale,
+        standardize=standardize,
+        threshold=threshold,
     )
 
 
@@ -145,16 +175,82 @@ def network_forward(params: ModelParams, x: jax.Array) -> jax.Array:
         return params.module.apply(params.variables, x)[..., 0]
 
 
-def _standardize_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    mean = jnp.mean(x, axis=(-2, -1), keepdims=True)
-    std = jnp.std(x, axis=(-2, -1), keepdims=True)
-    return mean, std
+class Undo(NamedTuple):
+    """What :func:`postprocess` needs to map network output back: padding and statistics."""
+
+    py: int
+    px: int
+    mean: Any  # (n, 1, 1) or 0.0
+    std: Any  # (n, 1, 1) or 1.0
 
 
-def _pad_top_left(x: jax.Array, multiple: int) -> tuple[jax.Array, int, int]:
+def _pad_top_left(x, multiple: int, xp):
     py, px = -x.shape[-2] % multiple, -x.shape[-1] % multiple
     pads = [(0, 0)] * (x.ndim - 2) + [(py, 0), (px, 0)]
-    return jnp.pad(x, pads), py, px
+    return xp.pad(x, pads), py, px
+
+
+def preprocess(params: ModelParams, images, mask=None, *, xp=jnp):
+    """The network input for images in the model's units: deepCR's preprocessing.
+
+    Parameters
+    ----------
+    params : ModelParams
+    images : array, float32, shape (n, ny, nx)
+        Finite pixel values in the model's units (electrons for HST ``_flc``).
+    mask : array, shape (n, ny, nx), optional
+        Inpainting networks only: 1 (True) where pixels are to be replaced.
+    xp : module
+        ``numpy`` or ``jax.numpy``: the same arithmetic on either.
+
+    Returns
+    -------
+    x : array, float32, shape (n, ny + py, nx + px, in_channels)
+        ``images / scale``, standardised per image over the unpadded pixels
+        if the model says so (a constant image has std 0; it is then taken
+        as 1), zero-padded at the top/left to a multiple of 4; inpainting
+        networks get ``[x * (1 - mask), mask]``.
+    undo : Undo
+    """
+    x = images / xp.float32(params.scale)
+    mean, std = 0.0, 1.0
+    if params.standardize:
+        mean = xp.mean(x, axis=(-2, -1), keepdims=True)
+        std = xp.std(x, axis=(-2, -1), keepdims=True)
+        std = xp.where(std > 0, std, xp.float32(1))
+        x = (x - mean) / std
+    x, py, px = _pad_top_left(x, PAD_MULTIPLE, xp)
+    if params.in_channels == 1:
+        if mask is not None:
+            raise ValueError("mask is only for inpainting networks; this is a mask network")
+        return x[..., None], Undo(py, px, mean, std)
+    if mask is None:
+        raise ValueError("inpainting networks need mask (n, ny, nx)")
+    m, _, _ = _pad_top_left(mask.astype(xp.float32), PAD_MULTIPLE, xp)
+    return xp.stack([x * (1 - m), m], axis=-1), Undo(py, px, mean, std)
+
+
+def postprocess(params: ModelParams, out, undo: Undo, images=None, mask=None, *, xp=jnp):
+    """Network output (n, ny + py, nx + px) back to the images' frame and units.
+
+    Mask networks: the probability, cropped. Inpainting networks (``images``
+    and ``mask`` as given to :func:`preprocess`): ``images`` with the
+    ``mask`` pixels replaced by the prediction, un-standardised and times
+    ``scale``; every other pixel is ``images``' own value, bit for bit.
+    """
+    out = out[..., undo.py :, undo.px :]
+    if params.in_channels == 1:
+        return out
+    pred = (out * undo.std + undo.mean) * xp.float32(params.scale)
+    return xp.where(mask.astype(bool), pred.astype(xp.float32), images)
+
+
+def _check_images(images, name: str = "images"):
+    dtype = np.dtype(getattr(images, "dtype", np.asarray(images).dtype))
+    if dtype == object or np.issubdtype(dtype, np.complexfloating) or dtype == bool:
+        raise TypeError(f"{name} must be a real numeric array; got dtype {dtype}")
+    if not (np.issubdtype(dtype, np.number) or dtype == jnp.bfloat16):
+        raise TypeError(f"{name} must be a real numeric array; got dtype {dtype}")
 
 
 def predict(params: ModelParams, images: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -165,8 +261,9 @@ def predict(params: ModelParams, images: jax.Array, mask: jax.Array | None = Non
     params : ModelParams
         From :func:`load_params`.
     images : array, shape (n, ny, nx) or (n, ny, nx, 1)
-        Images in the model's units (electrons for HST ``_flc``), any size.
-    mask : array, shape like ``images``, optional
+        Images in the model's units (electrons for HST ``_flc``), any size,
+        any real dtype; finite values (NaN propagates).
+    mask : array, shape of ``images``, optional
         Inpainting networks only: 1 (True) where pixels are to be replaced.
 
     Returns
@@ -182,31 +279,20 @@ def predict(params: ModelParams, images: jax.Array, mask: jax.Array | None = Non
     before the network and cropped after; the standardisation statistics
     (WFC3-UVIS) are per image, over the unpadded pixels.
     """
-    x = jnp.asarray(images, jnp.float32)
-    if x.ndim == 4:
-        if x.shape[-1] != 1:
-            raise ValueError(f"images must be (n, ny, nx) or (n, ny, nx, 1); got shape {x.shape}")
+    _check_images(images)
+    x = jnp.asarray(images).astype(jnp.float32)
+    shape = x.shape
+    if x.ndim == 4 and x.shape[-1] == 1:
         x = x[..., 0]
     if x.ndim != 3:
-        raise ValueError(f"images must be (n, ny, nx) or (n, ny, nx, 1); got shape {x.shape}")
-    x = x / jnp.float32(params.scale)
-    if params.standardize:
-        mean, std = _standardize_stats(x)
-        x = (x - mean) / std
-    if params.in_channels == 1:
-        if mask is not None:
-            raise ValueError("mask is only for inpainting networks; this is a mask network")
-        xp, py, px = _pad_top_left(x, PAD_MULTIPLE)
-        return network_forward(params, xp[..., None])[:, py:, px:]
-    if mask is None:
-        raise ValueError("inpainting networks need mask (n, ny, nx)")
-    m = jnp.asarray(mask, jnp.float32).reshape(x.shape)
-    xp, py, px = _pad_top_left(x, PAD_MULTIPLE)
-    mp, _, _ = _pad_top_left(m, PAD_MULTIPLE)
-    net_in = jnp.stack([xp * (1 - mp), mp], axis=-1)
+        raise ValueError(f"images must be (n, ny, nx) or (n, ny, nx, 1); got shape {shape}")
+    m = None
+    if mask is not None:
+        _check_images(mask, "mask")
+        m = jnp.asarray(mask)
+        if m.shape != shape:
+            raise ValueError(f"mask must have the images' shape {shape}; got {m.shape}")
+        m = (m.reshape(x.shape) if m.ndim == 4 else m) != 0
+    net_in, undo = preprocess(params, x, m)
     out = network_forward(params, net_in)
-    out = (out * mp + xp * (1 - mp))[:, py:, px:]
-    if params.standardize:
-        out = out * std + mean
-    return out * jnp.float32(params.scale)
-
+    return postprocess(params, out, undo, x, m)

@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from deepcr_jax import native
+from deepcr_jax.arch import blocks
 
 __all__ = ["Affine", "BatchNorm", "ConvTranspose2x2", "DoubleConv", "UNet", "WeightNormConv"]
 
@@ -244,7 +244,7 @@ def max_pool2(x: jax.Array) -> jax.Array:
 
 
 class UNet(nn.Module):
-    """deepCR UNet, depth 2 or 3.
+    """deepCR UNet, depth 2 or 3 (its blocks: :func:`deepcr_jax.arch.blocks`).
 
     Parameters
     ----------
@@ -259,22 +259,19 @@ class UNet(nn.Module):
     head : {"sigmoid", "identity"}
         Output activation: ``sigmoid`` for CR-probability (mask) networks,
         ``identity`` for inpainting networks.
+    compute_dtype : dtype, optional
+        The dtype of the inner layers (e.g. ``jnp.bfloat16``). The first
+        block (``inc``, which sees the raw image with its large dynamic
+        range) and the output head stay in the input's dtype. None: the
+        input's dtype throughout.
 
     Call with ``x`` of shape ``(n, ny, nx, in_channels)``, ``ny`` and ``nx``
     multiples of ``2**(depth-1)``; returns ``(n, ny, nx, out_channels)``.
     ``valid`` (n, ny, nx, 1), optional, marks the pixels inside the image
     (1) for tiles that extend past its edge (see :class:`DoubleConv`); the
-    valid region must sit on the ``2**(depth-1)`` pooling grid.
-
-    ``compute_dtype`` (e.g. ``jnp.bfloat16``), optional: the dtype of the
-    inner layers. The first block (``inc``, which sees the raw image with
-    its large dynamic range) and the output head stay in the input's dtype;
-    everything between runs in ``compute_dtype``. None: the input's dtype
-    throughout. ``fuse``: float32 inference of ``"affine"``/``"weight"``/
-    ``"none"`` networks with ``hidden`` a multiple of 32 through the native
-    CPU kernels (:mod:`deepcr_jax.native`, see :func:`_fused_forward`); CPU
-    backend only; other networks ignore it. Outputs outside ``valid`` are
-    then 0 (they are undefined either way).
+    valid region must sit on the ``2**(depth-1)`` pooling grid. ``train``
+    runs BatchNorm on batch statistics and updates the running ones
+    (``mutable=["batch_stats"]``).
     """
 
     depth: int = 2
@@ -283,7 +280,6 @@ class UNet(nn.Module):
     norm: Norm = "batch"
     head: Head = "sigmoid"
     compute_dtype: Any = None
-    fuse: bool = False
 
     @nn.compact
     def __call__(
@@ -292,100 +288,22 @@ class UNet(nn.Module):
         train: bool = False,
         valid: jax.Array | None = None,
     ) -> jax.Array:
-        if self.depth not in (2, 3):
-            raise ValueError(f"depth must be 2 or 3; got {self.depth}")
-        h = self.hidden
-        # every layer's width is a multiple of h, so the first conv decides
-        native_ok = x.dtype == jnp.float32 and native.supports(x.shape[-1], h) and self.out_channels == 1
-        if self.fuse and native_ok and not train and self.compute_dtype is None and self.norm != "batch":
-            return _fused_forward(self.variables["params"], x, valid, self.depth, self.norm, self.head)
-        v1 = valid
-        v2 = None if valid is None else max_pool2(valid)
-        kw = dict(train=train)
-        x1 = DoubleConv(h, self.norm, name="inc")(x, valid=v1, **kw)
-        io_dtype = x1.dtype
-        if self.compute_dtype is not None:
-            x1 = x1.astype(self.compute_dtype)
-            v1 = None if v1 is None else v1.astype(self.compute_dtype)
-            v2 = None if v2 is None else v2.astype(self.compute_dtype)
-        x2 = DoubleConv(2 * h, self.norm, name="down1")(max_pool2(x1), valid=v2, **kw)
-        if self.depth == 3:
-            v3 = None if valid is None else max_pool2(v2)
-            x3 = DoubleConv(4 * h, self.norm, name="down2")(max_pool2(x2), valid=v3, **kw)
-            x2 = Up(2 * h, self.norm, name="up7")(x3, x2, valid=v2, **kw)
-        y = Up(h, self.norm, name="up8")(x2, x1, valid=v1, **kw)
-        y = Conv(self.out_channels, size=1, name="outc")(y.astype(io_dtype))
-        return nn.sigmoid(y) if self.head == "sigmoid" else y
-
-
-# --------------------------------------------------------------------------
-# inference through the native CPU kernels
-
-
-def valid_bounds(valid: jax.Array) -> jax.Array:
-    """Bounds (n, 4) int32 of each image's valid rectangle: rows [r0, r1), columns [c0, c1).
-
-    ``valid`` (n, ny, nx, 1) is 1 on a rectangle (the image inside a tile),
-    0 elsewhere; an image with no valid pixel gets (0, 0, 0, 0).
-    """
-    v = valid[..., 0] > 0
-    rows, cols = jnp.any(v, axis=2), jnp.any(v, axis=1)
-
-    def span(m):
-        first = jnp.argmax(m, axis=-1)
-        last = m.shape[-1] - jnp.argmax(m[:, ::-1], axis=-1)
-        return first, last
-
-    (r0, r1), (c0, c1) = span(rows), span(cols)
-    b = jnp.stack([r0, r1, c0, c1], axis=-1).astype(jnp.int32)
-    return jnp.where(jnp.any(rows, axis=-1, keepdims=True), b, 0)
-
-
-def _pooled(bounds: jax.Array) -> jax.Array:
-    """Bounds at half resolution: what ``max_pool2`` does to the valid mask."""
-    return jnp.stack([bounds[:, 0] // 2, (bounds[:, 1] + 1) // 2, bounds[:, 2] // 2, (bounds[:, 3] + 1) // 2], -1)
-
-
-def _fused_forward(params, x: jax.Array, valid: jax.Array | None, depth: int, norm: Norm, head: Head) -> jax.Array:
-    """:class:`UNet`'s inference forward, every layer but the pooling in native kernels.
-
-    Each conv → norm → ReLU is one kernel call; tiles that reach past the
-    image edge pass their valid rectangle as bounds (no masking passes); the
-    up blocks read [skip, upsampled] without concatenating; the 1×1 output
-    conv and sigmoid run in the last conv's epilogue.
-    """
-
-    def conv_block(p, x, bounds, x1=None, out=None):
-        for i in range(2):
-            c = p[f"conv{i}"]
-            kernel = weight_norm_kernel(c["g"], c["v"]) if norm == "weight" else c["kernel"]
-            co = kernel.shape[-1]
-            if norm == "affine":
-                alpha, beta = p[f"bn{i}"]["alpha"], p[f"bn{i}"]["beta"]
+        io_dtype = x.dtype
+        levels: list[tuple[jax.Array, jax.Array | None]] = []  # encoder outputs and their valid masks
+        v = valid
+        for block in blocks(self.depth, self.hidden, x.shape[-1]):
+            if block.role == "encoder":
+                if block.pool:
+                    x, v = max_pool2(x), None if v is None else max_pool2(v)
+                x = DoubleConv(block.out_channels, self.norm, name=block.name)(x, train=train, valid=v)
+                if block.name == "inc" and self.compute_dtype is not None:
+                    x = x.astype(self.compute_dtype)
+                    v = None if v is None else v.astype(self.compute_dtype)
+                levels.append((x, v))
             else:
-                alpha, beta = jnp.ones((co,), jnp.float32), jnp.zeros((co,), jnp.float32)
-            fuse_head = out is not None and i == 1 and co == 32
-            x = native.conv3x3_affine_relu(
-                x, kernel, c["bias"], alpha, beta, x1=x1 if i == 0 else None, bounds=bounds,
-                head=out if fuse_head else None,
-            )
-            if out is not None and i == 1 and not fuse_head:
-                w, b, sigmoid = out
-                x = jnp.einsum("nhwc,c->nhw", x, w)[..., None] + _channel(b, 4)
-                x = nn.sigmoid(x) if sigmoid else x
-        return x
-
-    b1 = native.full_bounds(x) if valid is None else valid_bounds(valid)
-    b2 = _pooled(b1)
-    outc = params["outc"]
-    head_w, head_b = outc["kernel"][0, 0, :, 0], outc["bias"]
-    def up_block(p, low, skip, bounds, out=None):
-        up = native.upconv2x2(low, p["up"]["kernel"], p["up"]["bias"])
-        return conv_block(p["conv"], skip, bounds, x1=up, out=out)
-
-    x1 = conv_block(params["inc"], x, b1)
-    x2 = conv_block(params["down1"], max_pool2(x1), b2)
-    if depth == 3:
-        x3 = conv_block(params["down2"], max_pool2(x2), _pooled(b2))
-        x2 = up_block(params["up7"], x3, x2, b2)
-    return up_block(params["up8"], x2, x1, b1, out=(head_w, head_b, head == "sigmoid"))
+                if len(levels) == self.depth:  # the deepest level feeds the first up block
+                    levels.pop()
+                skip, v = levels.pop()
+                x = Up(block.out_channels, self.norm, name=block.name)(x, skip, train=train, valid=v)
+        y = Conv(self.out_channels, size=1, name="outc")(x.astype(io_dtype))
+        return nn.sigmoid(y) if self.head == "sigmoid" else y

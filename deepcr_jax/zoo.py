@@ -31,7 +31,7 @@ import dataclasses
 import os
 from importlib import resources
 
-from deepcr_jax.convert import Architecture
+from deepcr_jax.arch import Architecture
 
 __all__ = ["MODELS", "ModelSpec", "get_spec", "list_models", "weights_path"]
 
@@ -92,13 +92,12 @@ class ModelSpec:
     def meta(self) -> dict:
         """JSON-able metadata stored beside the weights."""
         d = dataclasses.asdict(self)
-        d["arch"] = dataclasses.asdict(self.arch)
+        d["arch"] = self.arch.to_dict()
         return d
 
 
-def _bn(depth: int, hidden: int, in_channels: int = 1) -> Architecture:
-    head = "identity" if in_channels == 2 else "sigmoid"
-    return Architecture(depth=depth, hidden=hidden, in_channels=in_channels, norm="batch", head=head)
+def _bn(depth: int, hidden: int, kind: str = "mask") -> Architecture:
+    return Architecture.for_kind(kind, depth, hidden, norm="batch")
 
 
 _SCALE_FROM_REGISTRY = "scale from deepCR 0.3.1's registry"
@@ -164,13 +163,13 @@ MODELS: dict[str, ModelSpec] = {
             "learned_models/mask/example_model.pth", "ef11b157aeefa09090d7b829be22eaf974650f70810c487473fafa5a9fddf851", True, _SCALE_FROM_REGISTRY,
         ),
         ModelSpec(
-            "ACS-WFC-F606W-2-32", "inpaint", _bn(2, 32, in_channels=2), 100.0, False, REFERENCE_THRESHOLD,
+            "ACS-WFC-F606W-2-32", "inpaint", _bn(2, 32, "inpaint"), 100.0, False, REFERENCE_THRESHOLD,
             "HST ACS/WFC F606W _flc (e-, network sees e-/100); the paper's deepCR-inpaint-2-32",
             "learned_models/inpaint/ACS-WFC-F606W-2-32.pth", "2a754380bfe158a1cfeee12f908f96a2bd5b59cbb7b830a4d06dad930d906111", True,
             _INPAINT_SCALE,
         ),
         ModelSpec(
-            "ACS-WFC-F606W-3-32", "inpaint", _bn(3, 32, in_channels=2), 100.0, False, REFERENCE_THRESHOLD,
+            "ACS-WFC-F606W-3-32", "inpaint", _bn(3, 32, "inpaint"), 100.0, False, REFERENCE_THRESHOLD,
             "HST ACS/WFC F606W _flc (e-, network sees e-/100); the paper's deepCR-inpaint-3-32",
             "learned_models/inpaint/ACS-WFC-F606W-3-32.pth", "5b4faf2e239185c2d5d4235688ce61a2b9e4e5f47bbcf96c8a687b5a0c1e6c42", False,
             "not in deepCR 0.3.1's registry; " + _INPAINT_SCALE,

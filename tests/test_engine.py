@@ -12,35 +12,31 @@ import pytest
 from conftest import synthetic_field
 
 import deepcr_jax
-from deepcr_jax.clean import TILE_SIZES
+from deepcr_jax.cleaner import TILE_SIZES
 from deepcr_jax.engine import Engine
-from deepcr_jax.model import load_params, network_forward
+from deepcr_jax.model import load_params, network_forward, preprocess
 from deepcr_jax.tiling import default_halo, plan_tiles, receptive_radius
 
 TILE_ATOL = 1e-5
 
 
 def _whole(params, padded):
-    x = padded[None] if padded.ndim == 3 else padded[None, ..., None]
-    return np.asarray(network_forward(params, x))[0]
+    return np.asarray(network_forward(params, padded[None]))[0]
 
 
-def _padded_field(rng, shape, channels=1):
+def _padded_field(rng, shape, params):
+    """A synthetic field as the network's input (ny', nx', channels), through the model's preprocessing."""
     img, cr = synthetic_field(rng, shape, n_stars=max(4, shape[0] * shape[1] // 2000))
-    py, px = -shape[0] % 4, -shape[1] % 4
-    img = np.pad(img, ((py, 0), (px, 0)))
-    if channels == 2:
-        m = np.pad(cr, ((py, 0), (px, 0))).astype(np.float32)
-        img = np.stack([img * (1 - m), m], axis=-1)
-    return img
+    mask = cr[None] if params.kind == "inpaint" else None
+    return preprocess(params, img[None], mask, xp=np)[0][0]
 
 
 @pytest.mark.parametrize("tile", TILE_SIZES)
 def test_tiled_equals_whole_image_depth2(tile, rng):
     params = load_params("ACS-WFC")
     shape = (tile + 37, tile // 2 + 61) if tile < 1024 else (1100, 45)
-    padded = _padded_field(rng, shape)
-    plan = plan_tiles(padded.shape, tile, params.depth)
+    padded = _padded_field(rng, shape, params)
+    plan = plan_tiles(padded.shape[:2], tile, params.depth)
     assert len(plan) > 1, "the image must need several tiles"
     got = Engine(params, tile=tile, batch=2).run([padded])[0]
     want = _whole(params, padded)
@@ -50,7 +46,7 @@ def test_tiled_equals_whole_image_depth2(tile, rng):
 @pytest.mark.parametrize("tile", [128, 256])
 def test_tiled_equals_whole_image_depth3_inpainting_net(tile, rng):
     params = load_params("ACS-WFC-F606W-3-32")
-    padded = _padded_field(rng, (tile + 45, 2 * tile - 3), channels=2)
+    padded = _padded_field(rng, (tile + 45, 2 * tile - 3), params)
     got = Engine(params, tile=tile, batch=3).run([padded])[0]
     want = _whole(params, padded)
     scale = np.abs(want).max()

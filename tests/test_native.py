@@ -22,7 +22,9 @@ import deepcr_jax
 from deepcr_jax import native
 from deepcr_jax.engine import Engine
 from deepcr_jax.model import load_params
-from deepcr_jax.nets import ConvTranspose2x2, UNet, valid_bounds
+from deepcr_jax.native import unet as native_unet
+from deepcr_jax.native.unet import valid_bounds
+from deepcr_jax.nets import ConvTranspose2x2, UNet
 
 requires_native = pytest.mark.skipif(
     shutil.which(os.environ.get("CXX", "c++")) is None or os.environ.get("DEEPCR_JAX_NATIVE") == "0",
@@ -108,7 +110,7 @@ def test_kernel_two_inputs_bounds_and_head(rng, shape):
     hw, hb = rng.standard_normal(32).astype(np.float32), rng.standard_normal(1).astype(np.float32)
     z = want @ hw + hb
     for sigmoid, ref in ((False, z), (True, 1 / (1 + np.exp(-z)))):
-        got = native.conv3x3_affine_relu(x0, w, b, alpha, beta, x1=x1, bounds=bounds, head=(hw, hb, sigmoid))
+        got = native.conv3x3_affine_relu(x0, w, b, alpha, beta, x1=x1, bounds=bounds, epilogue=(hw, hb, sigmoid))
         assert got.shape == shape + (1,)
         inside = valid[..., 0] > 0
         np.testing.assert_allclose(np.asarray(got)[..., 0][inside], ref[inside], rtol=1e-5, atol=1e-5)
@@ -132,6 +134,13 @@ def test_unsupported_width_is_refused():
     assert native.supports(32, 64) and not native.supports(32, 4)
 
 
+def _fused(params, variables, x, valid=None):
+    """The native forward where it supports the network, else the flax module (the engine's choice)."""
+    if not native_unet.supported(params.norm, params.hidden, params.in_channels):
+        return params.module.apply(variables, x, valid=valid)
+    return native_unet.forward(variables, x, valid, depth=params.depth, norm=params.norm, head=params.head)
+
+
 @requires_native
 @pytest.mark.parametrize("model", ["ACS-WFC", "ACS-WFC-F606W-3-32", "WFC3-UVIS", "ACS-WFC-F606W-2-4"])
 def test_fused_network_equals_xla_network(rng, model):
@@ -145,15 +154,15 @@ def test_fused_network_equals_xla_network(rng, model):
     valid[1, 8:, 4:] = 1.0
     with jax.default_matmul_precision("highest"):
         plain = np.asarray(module.apply(params.variables, x, valid=valid))
-    fused = jax.jit(lambda v, x, m: module.clone(fuse=True).apply(v, x, valid=m))(params.variables, x, valid)
+    fused = jax.jit(lambda v, x, m: _fused(params, v, x, m))(params.variables, x, valid)
     inside = valid[..., 0] > 0  # outside the image the outputs are undefined
     scale = max(float(np.abs(plain).max()), 1.0)
     np.testing.assert_allclose(np.asarray(fused)[inside], plain[inside], rtol=0, atol=1e-5 * scale)
     # the whole tile inside the image (no valid mask) and a batch-padding slot (nothing valid)
     np.testing.assert_allclose(
-        module.clone(fuse=True).apply(params.variables, x), module.apply(params.variables, x), rtol=0, atol=1e-5 * scale
+        _fused(params, params.variables, x), module.apply(params.variables, x), rtol=0, atol=1e-5 * scale
     )
-    empty = module.clone(fuse=True).apply(params.variables, x, valid=np.zeros_like(valid))
+    empty = _fused(params, params.variables, x, np.zeros_like(valid))
     assert np.isfinite(np.asarray(empty)).all()
 
 
@@ -165,7 +174,8 @@ def test_fused_network_wider_than_one_register_block(rng):
     variables = module.init(jax.random.PRNGKey(0), x)
     with jax.default_matmul_precision("highest"):
         plain = np.asarray(module.apply(variables, x))
-    fused = np.asarray(jax.jit(module.clone(fuse=True).apply)(variables, x))
+    fused = np.asarray(jax.jit(
+        lambda v, x: native_unet.forward(v, x, None, depth=2, norm="affine", head="sigmoid"))(variables, x))
     np.testing.assert_allclose(fused, plain, rtol=0, atol=1e-5)
 
 
@@ -181,6 +191,8 @@ def test_engine_uses_kernel_on_cpu():
     params = load_params("ACS-WFC")
     assert Engine(params, tile=64, batch=1, devices=jax.devices("cpu")[:1]).native
     assert not Engine(params, tile=64, batch=1, dtype="bfloat16", devices=jax.devices("cpu")[:1]).native
+    narrow = load_params("ACS-WFC-F606W-2-4")  # width 4: XLA's convolution
+    assert not Engine(narrow, tile=64, batch=1, devices=jax.devices("cpu")[:1]).native
 
 
 def test_disabled_by_environment(real_frames, tmp_path):

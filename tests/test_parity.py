@@ -122,7 +122,7 @@ def test_medmask_inpainting_matches_reference(real_frames):
 def test_medmask_matches_reference_util(real_frames, rng):
     from deepCR.util import medmask as ref_medmask
 
-    from deepcr_jax.inpaint import medmask
+    from deepcr_jax.medmask import medmask
 
     for name, img in real_frames.items():
         img = img.astype(np.float32)

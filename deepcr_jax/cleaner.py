@@ -19,14 +19,15 @@ import dataclasses
 import functools
 import numbers
 import os
+import threading
 from typing import Any
 
 import jax
 import numpy as np
 
 from deepcr_jax.engine import Engine, resolve_dtype
-from deepcr_jax.inpaint import fill_ignored, medmask
-from deepcr_jax.model import PAD_MULTIPLE, ModelParams, load_params
+from deepcr_jax.medmask import fill_ignored, medmask
+from deepcr_jax.model import ModelParams, load_params, postprocess, preprocess
 from deepcr_jax.tiling import default_halo, grid, plan_tiles
 from deepcr_jax.zoo import list_models
 
@@ -114,21 +115,6 @@ def _check_threshold(threshold: Any) -> float:
     return t
 
 
-def _pad_top_left(x: np.ndarray) -> tuple[np.ndarray, int, int]:
-    py, px = -x.shape[0] % PAD_MULTIPLE, -x.shape[1] % PAD_MULTIPLE
-    pads = [(py, 0), (px, 0)] + [(0, 0)] * (x.ndim - 2)
-    return np.pad(x, pads), py, px
-
-
-@dataclasses.dataclass
-class _Prepared:
-    x: np.ndarray  # preprocessed (ny, nx) float32, ignored pixels filled
-    filled: np.ndarray  # filled image in input units
-    ignore: np.ndarray
-    mean: float = 0.0
-    std: float = 1.0
-
-
 # --------------------------------------------------------------------------
 # the reusable object
 
@@ -189,7 +175,13 @@ class Cleaner:
         resolve_dtype(dtype)
         self.dtype = dtype
         self._engines: dict[tuple[str, int], Engine] = {}
-        self.last_report: CleanReport | None = None
+        self._engines_lock = threading.Lock()
+        self._local = threading.local()
+
+    @property
+    def last_report(self) -> CleanReport | None:
+        """What this thread's last :meth:`clean` call did (None before the first)."""
+        return getattr(self._local, "report", None)
 
     # -- engines ---------------------------------------------------------
 
@@ -214,12 +206,13 @@ class Cleaner:
     def engine(self, which: str, tile: int) -> Engine:
         """The compiled engine for ``which`` ("mask" or "inpaint") at tile size ``tile``."""
         key = (which, tile)
-        if key not in self._engines:
-            params = self.params if which == "mask" else self.inpaint_params
-            self._engines[key] = Engine(
-                params, tile=tile, batch=self.batch, dtype=self.dtype, devices=self.devices
-            )
-        return self._engines[key]
+        with self._engines_lock:
+            if key not in self._engines:
+                params = self.params if which == "mask" else self.inpaint_params
+                self._engines[key] = Engine(
+                    params, tile=tile, batch=self.batch, dtype=self.dtype, devices=self.devices
+                )
+            return self._engines[key]
 
     @property
     def compilations(self) -> int:
@@ -228,49 +221,28 @@ class Cleaner:
 
     # -- steps -----------------------------------------------------------
 
-    @staticmethod
-    def _prepare(img: np.ndarray, ignore: np.ndarray, params: ModelParams) -> _Prepared:
-        filled = fill_ignored(img, ignore) if ignore.any() else img
-        x = filled / np.float32(params.scale)
-        prep = _Prepared(x=x, filled=filled, ignore=ignore)
-        if params.standardize:
-            prep.mean, prep.std = x.mean(), x.std()
-            prep.x = (x - prep.mean) / prep.std
-        return prep
+    def _run(self, params: ModelParams, images: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """:func:`~deepcr_jax.model.postprocess` ∘ network ∘ :func:`~deepcr_jax.model.preprocess`, tiled.
 
-    def _run(self, which: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        padded, pads = [], []
-        for x in inputs:
-            p, py, px = _pad_top_left(x)
-            padded.append(p)
-            pads.append((py, px))
-        depth = (self.params if which == "mask" else self.inpaint_params).depth
-        tile = self._tile_for(max((p.shape[:2] for p in padded), key=max), depth)
-        outs = self.engine(which, tile).run(padded)
-        return [o[py:, px:] for o, (py, px) in zip(outs, pads)]
+        ``images`` (n, ny, nx) float32, finite; ``mask`` (n, ny, nx) bool
+        for inpainting networks. Returns (n, ny, nx) float32.
+        """
+        which = params.kind
+        x, undo = preprocess(params, images, mask, xp=np)
+        tile = self._tile_for(x.shape[1:3], params.depth)
+        out = np.stack(self.engine(which, tile).run(list(x)))
+        return postprocess(params, out, undo, images, mask, xp=np)
 
-    def probability(self, images: np.ndarray, ignore: np.ndarray) -> tuple[np.ndarray, list[_Prepared]]:
-        """CR probability (n, ny, nx) float32 for validated images; 0 at ignored pixels."""
-        preps = [self._prepare(img, ign, self.params) for img, ign in zip(images, ignore)]
-        probs = self._run("mask", [p.x for p in preps])
-        prob = np.stack(probs)
+    def probability(self, images: np.ndarray, ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """CR probability (n, ny, nx) float32 for validated images; 0 at ignored pixels.
+
+        Also returns the images with their ignored pixels filled (the
+        network's input, in the input units).
+        """
+        filled = np.stack([fill_ignored(img, ign) if ign.any() else img for img, ign in zip(images, ignore)])
+        prob = self._run(self.params, filled)
         prob[ignore] = 0.0
-        return prob, preps
-
-    def _inpaint_network(self, filled: np.ndarray, replace: np.ndarray) -> np.ndarray:
-        p = self.inpaint_params
-        out = []
-        inputs = []
-        for img, m in zip(filled, replace):
-            x = img / np.float32(p.scale)
-            mf = m.astype(np.float32)
-            inputs.append(np.stack([x * (1 - mf), mf], axis=-1))
-        preds = self._run("inpaint", inputs)
-        for img, m, pred in zip(filled, replace, preds):
-            res = img.copy()
-            res[m] = pred[m] * np.float32(p.scale)
-            out.append(res)
-        return np.stack(out)
+        return prob, filled
 
     # -- public ----------------------------------------------------------
 
@@ -281,7 +253,7 @@ class Cleaner:
         threshold: float | None = None,
         binary: bool = True,
         ignore=None,
-        inpaint: bool | None = None,
+        cleaned: bool | None = None,
     ):
         """Detect cosmic rays (and optionally replace them).
 
@@ -301,9 +273,9 @@ class Cleaner:
             reported as CRs, are filled from their surroundings (median of
             the usable pixels of their 5×5 window, growing inwards) before
             the network sees them, and are filled in the cleaned image.
-        inpaint : bool, optional
-            Whether to return the cleaned image; default: when the Cleaner
-            was loaded with an inpainter.
+        cleaned : bool, optional
+            Whether to return the cleaned image too; default: when the
+            Cleaner was loaded with an inpainter.
 
         Returns
         -------
@@ -314,20 +286,21 @@ class Cleaner:
             input units.
 
         The caller's array is never modified. :attr:`last_report` tells how
-        many pixels were ignored and flagged.
+        many pixels were ignored and flagged (per thread: the report of this
+        thread's last call).
         """
         t = self.params.threshold if threshold is None else _check_threshold(threshold)
-        do_inpaint = self.inpaint_method is not None if inpaint is None else bool(inpaint)
+        do_inpaint = self.inpaint_method is not None if cleaned is None else bool(cleaned)
         if do_inpaint and self.inpaint_method is None:
-            raise ValueError("inpaint=True needs an inpainter: load(..., inpaint='medmask' or a model name)")
+            raise ValueError("cleaned=True needs an inpainter: load(..., inpaint='medmask' or a model name)")
         images, single = _as_images(image)
         user_ignore = _as_ignore(ignore, images.shape[1:] if single else images.shape)
         user_ignore = user_ignore[None] if single else user_ignore
         nonfinite = ~np.isfinite(images)
         ign = user_ignore | nonfinite
-        prob, preps = self.probability(images, ign)
+        prob, filled = self.probability(images, ign)
         mask = prob > t
-        self.last_report = CleanReport(
+        self._local.report = CleanReport(
             n_images=len(images),
             n_ignored=int(ign.sum()),
             n_nonfinite=int(nonfinite.sum()),
@@ -337,15 +310,14 @@ class Cleaner:
         result = mask if binary else prob
         if not do_inpaint:
             return result[0] if single else result
-        filled = np.stack([p.filled for p in preps])
-        cleaned = self._replace(filled, mask, ign)
+        out = self._replace(filled, mask, ign)
         if single:
-            return result[0], cleaned[0]
-        return result, cleaned
+            return result[0], out[0]
+        return result, out
 
     def _replace(self, filled: np.ndarray, mask: np.ndarray, ign: np.ndarray) -> np.ndarray:
         if self.inpaint_method == "network":
-            return self._inpaint_network(filled, mask | ign)
+            return self._run(self.inpaint_params, filled, mask | ign)
         return np.stack([medmask(f, m, exclude=i) for f, m, i in zip(filled, mask, ign)])
 
     def inpaint(self, image, mask):

@@ -1,0 +1,125 @@
+"""Compiling and registering the native kernels (once per machine, cached).
+
+See :mod:`deepcr_jax.native` for what is built, where it is cached and how
+to switch it off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from importlib import resources
+
+import jax
+
+from deepcr_jax._atomic import atomic_path
+
+__all__ = ["available", "disabled_by_env", "require", "status"]
+
+log = logging.getLogger(__name__)
+
+#: FFI target name -> symbol in the compiled library
+TARGETS = {"deepcr_conv3x3_affine_relu": "DeepcrConv3x3AffineRelu", "deepcr_upconv2x2": "DeepcrUpConv2x2"}
+_FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC"]
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def disabled_by_env(var: str) -> bool:
+    """Whether environment variable ``var`` switches a feature off (0/false/no/off)."""
+    return os.environ.get(var, "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def _cache_dir() -> str:
+    root = os.environ.get("DEEPCR_JAX_CACHE")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(xdg, "deepcr-jax")
+    return os.path.join(root, "native")
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: the CPU model and feature flags."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            lines = [ln for ln in fh if ln.startswith(("model name", "flags", "Features"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _compile(source: str, cxx: str, out: str) -> None:
+    include = jax.ffi.include_dir()
+    with atomic_path(out) as tmp:  # concurrent builders write the same bytes
+        cmd = [cxx, *_FLAGS, f"-I{include}", source, "-o", tmp]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
+
+
+def _load() -> None:
+    """Compile (once per cache key) and register the FFI target; sets ``_state``."""
+    if disabled_by_env("DEEPCR_JAX_NATIVE"):
+        raise RuntimeError("disabled by DEEPCR_JAX_NATIVE=0")
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        raise RuntimeError(f"no C++ compiler ({cxx!r} not found; set $CXX)")
+    source = str(resources.files("deepcr_jax.native").joinpath("conv3x3.cc"))
+    with open(source, "rb") as fh:
+        text = fh.read()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
+    key = hashlib.sha256(
+        b"\0".join(
+            s if isinstance(s, bytes) else s.encode()
+            for s in (text, version, " ".join(_FLAGS), jax.__version__, jax.lib.__version__, _cpu_id())
+        )
+    ).hexdigest()[:16]
+    directory = _cache_dir()
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError:  # read-only home: a private folder under the temp dir
+        directory = os.path.join(tempfile.gettempdir(), f"deepcr-jax-native-{os.getuid()}")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    lib_path = os.path.join(directory, f"deepcr_native-{key}.so")
+    if not os.path.exists(lib_path):
+        log.info("compiling the native convolution kernel into %s", lib_path)
+        _compile(source, cxx, lib_path)
+    lib = ctypes.CDLL(lib_path)
+    for target, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    _state["lib"] = lib
+    _state["path"] = lib_path
+
+
+def status() -> tuple[bool, str]:
+    """(whether the native kernel is usable, the library's path or why not)."""
+    with _lock:
+        if "ok" not in _state:
+            try:
+                _load()
+                _state["ok"], _state["why"] = True, str(_state["path"])
+            except Exception as err:  # noqa: BLE001 - any failure means: use XLA's conv
+                _state["ok"], _state["why"] = False, str(err)
+                log.info("native convolution kernel unavailable: %s", err)
+        return bool(_state["ok"]), str(_state["why"])
+
+
+def available() -> bool:
+    """True when the native kernel is compiled and registered (CPU only)."""
+    return status()[0]
+
+
+
+
+def require() -> None:
+    """Raise :class:`RuntimeError` saying why, if the kernel is not usable."""
+    if not available():
+        raise RuntimeError(f"native kernel unavailable: {status()[1]}")

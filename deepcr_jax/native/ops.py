@@ -1,0 +1,96 @@
+"""The native kernels as JAX operations (XLA FFI calls; CPU only).
+
+Each function compiles and registers the kernels on first use
+(:mod:`deepcr_jax.native._build`) and raises :class:`RuntimeError` where
+they are unavailable.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deepcr_jax.native._build import require
+
+__all__ = ["conv3x3_affine_relu", "full_bounds", "supports", "upconv2x2"]
+
+
+def supports(in_channels: int, out_channels: int) -> bool:
+    """Whether the kernel handles a 3x3 conv of this width (Co a multiple of 32)."""
+    return out_channels % 32 == 0 and in_channels >= 1
+
+
+def full_bounds(x: jax.Array) -> jax.Array:
+    """Bounds ``(..., 4)`` int32 = (0, ny, 0, nx) for every image of ``x`` (..., ny, nx, c)."""
+    ny, nx = x.shape[-3], x.shape[-2]
+    # computed from x so that under vmap it is batched like x
+    zero = x[..., 0, 0, :1].astype(jnp.int32) * 0
+    return zero + jnp.array([0, ny, 0, nx], jnp.int32).reshape((1,) * (zero.ndim - 1) + (4,))
+
+
+def conv3x3_affine_relu(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    alpha: jax.Array,
+    beta: jax.Array,
+    *,
+    x1: jax.Array | None = None,
+    bounds: jax.Array | None = None,
+    epilogue: tuple[jax.Array, jax.Array, bool] | None = None,
+):
+    """``relu((conv3x3_same(x, kernel) + bias) * alpha + beta)`` by the native kernel.
+
+    Parameters
+    ----------
+    x : (..., ny, nx, c0) float32
+        NHWC activations; leading dimensions are batch.
+    kernel : (3, 3, c0 + c1, co) float32, HWIO; ``co`` a multiple of 32.
+    bias, alpha, beta : (co,) float32
+    x1 : (..., ny, nx, c1) float32, optional
+        Second input: the conv reads the channel concatenation [x, x1]
+        without it being built.
+    bounds : (..., 4) int32, optional
+        Per image: rows [r0, r1) and columns [c0, c1) inside the image;
+        input pixels outside count as zero and outputs there are zero.
+        Default the whole tile.
+    epilogue : (w (co,), b (1,), sigmoid), optional
+        Apply the 1x1 output conv ``a @ w + b`` (then the sigmoid if
+        ``sigmoid``) in the epilogue; needs ``co == 32``.
+
+    Returns
+    -------
+    (..., ny, nx, co) float32, or (..., ny, nx, 1) with ``epilogue``.
+
+    Under ``jax.vmap`` only ``x``, ``x1`` and ``bounds`` may be batched.
+    """
+    require()
+    f32 = jnp.float32
+    x = x.astype(f32)
+    x1 = x[..., :0] if x1 is None else x1.astype(f32)
+    bounds = full_bounds(x) if bounds is None else bounds.astype(jnp.int32)
+    co = kernel.shape[-1]
+    if epilogue is None:
+        head_w, head_b, mode = jnp.zeros((co,), f32), jnp.zeros((1,), f32), 0
+    else:
+        head_w, head_b, sigmoid = epilogue
+        mode = 2 if sigmoid else 1
+    out = jax.ShapeDtypeStruct(x.shape[:-1] + ((co,) if epilogue is None else (1,)), f32)
+    call = jax.ffi.ffi_call("deepcr_conv3x3_affine_relu", out, vmap_method="expand_dims")
+    args = (kernel, bias, alpha, beta, jnp.reshape(head_w, (-1,)), jnp.reshape(head_b, (-1,)))
+    return call(x, x1, bounds, *(a.astype(f32) for a in args), head=np.int32(mode))
+
+
+def upconv2x2(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """2x2 stride-2 transposed convolution (torch ``ConvTranspose2d(k=2, s=2)``).
+
+    ``x`` (..., h, w, ci), ``kernel`` (2, 2, ci, co) with ``co`` a multiple
+    of 32, ``bias`` (co,); returns (..., 2h, 2w, co) float32 with
+    ``y[2i+a, 2j+b] = x[i, j] @ kernel[a, b] + bias``.
+    """
+    require()
+    f32 = jnp.float32
+    out = jax.ShapeDtypeStruct(x.shape[:-3] + (2 * x.shape[-3], 2 * x.shape[-2], kernel.shape[-1]), f32)
+    call = jax.ffi.ffi_call("deepcr_upconv2x2", out, vmap_method="expand_dims")
+    return call(x.astype(f32), kernel.astype(f32), bias.astype(f32))
