@@ -29,8 +29,19 @@ def timeit(fn: Callable[[], Any], *, repeats: int = 3, warmup: int = 1) -> dict[
     return {"best": min(times), "median": statistics.median(times), "repeats": repeats}
 
 
-def machine() -> dict[str, Any]:
+def machine(*packages: str) -> dict[str, Any]:
+    """Description of this machine and the software versions, for the results files.
+
+    Always: platform, Python, CPU count and model, JAX and its devices,
+    deepcr-jax, torch (when installed). ``packages`` names further modules
+    whose ``__version__`` to record under their own name (None when missing),
+    e.g. ``machine("astroscrappy", "skimage")``.
+    """
+    import importlib
+
     import jax
+
+    import deepcr_jax
 
     info = {
         "platform": platform.platform(),
@@ -38,6 +49,7 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "jax": jax.__version__,
         "jax_devices": [str(d) for d in jax.devices()],
+        "deepcr_jax": deepcr_jax.__version__,
     }
     try:
         with open("/proc/cpuinfo") as fh:
@@ -51,14 +63,19 @@ def machine() -> dict[str, Any]:
         info["torch_threads"] = torch.get_num_threads()
     except ImportError:
         pass
+    for name in packages:
+        try:
+            info[name] = importlib.import_module(name).__version__
+        except ImportError:
+            info[name] = None
     return info
 
 
 def write_results(stem: str, title: str, header: list[str], rows: list[list[str]], data: dict) -> str:
     """Write ``results/<stem>.md`` (a table) and ``results/<stem>.json``; return the markdown."""
     os.makedirs(RESULTS, exist_ok=True)
-    md = [f"# {title}", "", f"Machine: {data['machine'].get('cpu', '?')}, {data['machine']['cpus']} cores, "
-          f"JAX {data['machine']['jax']} on {', '.join(data['machine']['jax_devices'])}"]
+    md = [f"# {title}", "", (f"Machine: {data['machine'].get('cpu', '?')}, {data['machine']['cpus']} cores, "
+          f"JAX {data['machine']['jax']} on {', '.join(data['machine']['jax_devices'])}")]
     for key, label in (("native_kernel", "native CPU conv kernel"), ("malloc_tuned", "glibc malloc thresholds raised")):
         if key in data["machine"]:
             md[-1] += f"; {label}: {'yes' if data['machine'][key] else 'no'}"

@@ -16,10 +16,10 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import machine, write_results  # noqa: E402
+from _common import machine, write_results
 
-import deepcr_jax  # noqa: E402
-from deepcr_jax.simulate import make_stamps  # noqa: E402
+import deepcr_jax
+from deepcr_jax.simulate import make_stamps
 
 BAR = 0.9999
 

@@ -50,8 +50,7 @@ def torch_peers(model: str, stamps: np.ndarray, inpaint: str | None, masks: np.n
     import deepCR  # noqa: F401
     import torch
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-    from reference import reference
+    from deepcr_jax.reference import reference
 
     gpu = device == "GPU"
     torch.set_num_threads(os.cpu_count())
@@ -191,7 +190,7 @@ def main(argv=None) -> int:
         else:
             chip = simulate_chip("extragalactic", seed=5).image
         fl = flops_per_pixel(2, 32) * chip.size
-        from reference import reference
+        from deepcr_jax.reference import reference
 
         ref = reference("ACS-WFC", device=device)
         peers = {

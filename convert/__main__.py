@@ -18,14 +18,8 @@ import sys
 
 import numpy as np
 
-from deepcr_jax.convert import (
-    convert_state_dict,
-    flatten,
-    load_npz,
-    load_torch_state_dict,
-    save_npz,
-    sha256_file,
-)
+from deepcr_jax.convert import convert_state_dict, load_torch_state_dict
+from deepcr_jax.weights import flatten, load_npz, save_npz, sha256_file
 from deepcr_jax.zoo import MODELS, weights_path
 
 NOTICE = """\
@@ -76,7 +70,7 @@ def reference_root() -> str:
     spec = importlib.util.find_spec("learned_models")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("deepCR 0.3.1 is not installed: pip install --no-deps deepCR==0.3.1")
-    return os.path.dirname(list(spec.submodule_search_locations)[0])
+    return os.path.dirname(next(iter(spec.submodule_search_locations)))
 
 
 def convert_zoo_model(name: str, root: str | None = None):

@@ -18,6 +18,7 @@ Modules: ``arch`` (the UNet topology), ``nets`` (flax modules), ``weights``
 """
 
 from deepcr_jax.cleaner import Cleaner, CleanReport, clean, inpaint, load
+from deepcr_jax.engine import tune_host_allocator
 from deepcr_jax.model import ModelParams, load_params, predict
 from deepcr_jax.zoo import MODELS, list_models
 

@@ -17,25 +17,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
 import os
 import threading
-from typing import Any
 
 import jax
 import numpy as np
 
+from deepcr_jax._validate import as_images, as_mask, check_threshold
 from deepcr_jax.engine import Engine, resolve_dtype
 from deepcr_jax.medmask import fill_ignored, medmask
 from deepcr_jax.model import ModelParams, load_params, postprocess, preprocess
-from deepcr_jax.tiling import default_halo, grid, plan_tiles
+from deepcr_jax.tiling import TILE_SIZES, choose_tile
 from deepcr_jax.zoo import list_models
 
 __all__ = ["TILE_SIZES", "CleanReport", "Cleaner", "clean", "inpaint", "load"]
 
-#: Tile sides offered (network input S × S); by default each image runs with
-#: the one that wastes least (see ``Cleaner._tile_for``).
-TILE_SIZES = (64, 128, 256, 512, 1024)
 #: Default tiles per network call: 1 on CPUs (larger batches are slower
 #: there, cache), 8 on GPUs/TPUs (measured on an H100: batch 10 cleans 100
 #: stamps 2.2x faster than batch 1, batch 100 is no faster than 10; see
@@ -75,47 +71,6 @@ class CleanReport:
 
 
 # --------------------------------------------------------------------------
-# validation
-
-
-def _as_images(image: Any) -> tuple[np.ndarray, bool]:
-    """float32 copy as (n, ny, nx) plus whether the input was 2-D."""
-    arr = np.asarray(image)
-    if arr.dtype == object:
-        raise TypeError("image must be a numeric array; got dtype object")
-    if np.iscomplexobj(arr):
-        raise TypeError(f"image must be real-valued; got complex dtype {arr.dtype}")
-    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
-        raise TypeError(f"image must be a real numeric array; got dtype {arr.dtype}")
-    if arr.ndim not in (2, 3):
-        raise ValueError(f"image must be 2-D (ny, nx) or 3-D (n, ny, nx); got shape {arr.shape}")
-    if arr.size == 0:
-        raise ValueError(f"image is empty; got shape {arr.shape}")
-    single = arr.ndim == 2
-    return np.array(arr if not single else arr[None], dtype=np.float32), single
-
-
-def _as_ignore(ignore: Any, shape: tuple[int, ...]) -> np.ndarray:
-    if ignore is None:
-        return np.zeros(shape, bool)
-    m = np.asarray(ignore)
-    if m.dtype == object or np.iscomplexobj(m) or not (m.dtype == bool or np.issubdtype(m.dtype, np.number)):
-        raise TypeError(f"ignore must be a boolean array; got dtype {m.dtype}")
-    if m.shape != shape:
-        raise ValueError(f"ignore must have the image's shape {shape}; got {m.shape}")
-    return m.astype(bool)
-
-
-def _check_threshold(threshold: Any) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
-        raise TypeError(f"threshold must be a number in [0, 1]; got {threshold!r}")
-    t = float(threshold)
-    if not 0.0 <= t <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1]; got {threshold!r}")
-    return t
-
-
-# --------------------------------------------------------------------------
 # the reusable object
 
 
@@ -146,6 +101,11 @@ class Cleaner:
         self.devices = None if devices is None else list(devices)
         self.inpaint_method: str | None = None
         self.inpaint_params: ModelParams | None = None
+        if inpaint is not None and not isinstance(inpaint, (str, os.PathLike)):
+            raise TypeError(
+                "inpaint must be None, 'medmask', an inpainting zoo name or a .npz path; "
+                f"got {inpaint!r}"
+            )
         if inpaint is not None:
             if inpaint == "medmask":
                 self.inpaint_method = "medmask"
@@ -185,24 +145,6 @@ class Cleaner:
 
     # -- engines ---------------------------------------------------------
 
-    def _tile_for(self, shape: tuple[int, int], depth: int) -> int:
-        """Tile side for a padded image of ``shape``.
-
-        The user's ``tile`` if given (raised to the smallest offered size
-        that holds a deeper network's halo, if too small). Otherwise the
-        offered size that computes the fewest pixels in total (tiles × S²,
-        halos and padding included), the larger one on ties: a 256² stamp
-        runs as one 256 tile, a 1000² image as one 1024 tile, a 4096×2048
-        chip as 256 tiles.
-        """
-        smallest = 2 * default_halo(depth) + grid(depth)
-        if self.tile is not None:
-            if max(shape) > self.tile and self.tile <= smallest:
-                return next(t for t in TILE_SIZES if t > smallest)
-            return self.tile
-        options = [t for t in TILE_SIZES if t > smallest or max(shape) <= t]
-        return min(options, key=lambda t: (len(plan_tiles(shape, t, depth)) * t * t, -t))
-
     def engine(self, which: str, tile: int) -> Engine:
         """The compiled engine for ``which`` ("mask" or "inpaint") at tile size ``tile``."""
         key = (which, tile)
@@ -229,7 +171,7 @@ class Cleaner:
         """
         which = params.kind
         x, undo = preprocess(params, images, mask, xp=np)
-        tile = self._tile_for(x.shape[1:3], params.depth)
+        tile = choose_tile(x.shape[1:3], params.depth, self.tile)
         out = np.stack(self.engine(which, tile).run(list(x)))
         return postprocess(params, out, undo, images, mask, xp=np)
 
@@ -261,7 +203,8 @@ class Cleaner:
         ----------
         image : array_like, shape (ny, nx) or (n, ny, nx)
             Image(s) in the model's units (electrons for HST ``_flc``), any
-            real dtype. NaN/±inf pixels are treated as ignored.
+            real dtype (numpy or JAX). NaN/±inf pixels, and the masked
+            pixels of a ``numpy.ma.MaskedArray``, are treated as ignored.
         threshold : float in [0, 1], optional
             Probability above which a pixel is a CR; default the model's
             recommended value.
@@ -289,13 +232,13 @@ class Cleaner:
         many pixels were ignored and flagged (per thread: the report of this
         thread's last call).
         """
-        t = self.params.threshold if threshold is None else _check_threshold(threshold)
+        t = self.params.threshold if threshold is None else check_threshold(threshold)
         do_inpaint = self.inpaint_method is not None if cleaned is None else bool(cleaned)
         if do_inpaint and self.inpaint_method is None:
             raise ValueError("cleaned=True needs an inpainter: load(..., inpaint='medmask' or a model name)")
-        images, single = _as_images(image)
-        user_ignore = _as_ignore(ignore, images.shape[1:] if single else images.shape)
-        user_ignore = user_ignore[None] if single else user_ignore
+        images, single, masked = as_images(image)
+        user_ignore = as_mask(ignore, images.shape[1:] if single else images.shape, "ignore")
+        user_ignore = (user_ignore[None] if single else user_ignore) | masked
         nonfinite = ~np.isfinite(images)
         ign = user_ignore | nonfinite
         prob, filled = self.probability(images, ign)
@@ -332,9 +275,9 @@ class Cleaner:
         -------
         ndarray float32, same shape.
         """
-        images, single = _as_images(image)
-        m = _as_ignore(mask, images.shape[1:] if single else images.shape)
-        m = m[None] if single else m
+        images, single, masked = as_images(image)
+        m = as_mask(mask, images.shape[1:] if single else images.shape, "mask")
+        m = (m[None] if single else m) | masked
         if self.inpaint_method is None:
             raise ValueError("no inpainter loaded: load(..., inpaint='medmask' or a model name)")
         if not np.isfinite(images).all():
@@ -383,8 +326,7 @@ def _cached_cleaner(model, inpaint, tile, batch, dtype) -> Cleaner:
 
 
 def _cleaner(model, inpaint, tile, batch, dtype) -> Cleaner:
-    key = (os.fspath(model) if isinstance(model, os.PathLike) else model,
-           os.fspath(inpaint) if isinstance(inpaint, os.PathLike) else inpaint, tile, batch, dtype)
+    key = (model, inpaint, tile, batch, dtype)  # a Path stays a path (never read as a zoo name)
     try:
         hash(key)
     except TypeError:

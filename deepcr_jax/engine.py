@@ -9,8 +9,9 @@ padded, never recompiled. The batch axis is sharded over all local devices
 Host work (cutting tiles, stitching results) overlaps device compute: batch
 ``i + 1`` is cut and dispatched before the result of batch ``i`` is fetched.
 
-On CPU devices, float32, the conv blocks run through the native kernel of
-:mod:`deepcr_jax.native` when it is available (``Engine.native``); the batch
+On CPU devices the conv blocks run through the native kernels of
+:mod:`deepcr_jax.native` when they are available (``Engine.native``; in
+bfloat16 on the bf16 kernels where the CPU has them, ``Engine.isa``); the batch
 is then split over the devices with ``shard_map`` so that every device runs
 the kernel on its own tiles.
 """
@@ -28,8 +29,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from deepcr_jax import native
-from deepcr_jax.native import unet as native_unet
 from deepcr_jax.model import ModelParams
+from deepcr_jax.native import unet as native_unet
 from deepcr_jax.tiling import TilePlan, copy_window, plan_tiles
 
 __all__ = ["Engine", "resolve_dtype", "tune_host_allocator"]
@@ -74,7 +75,7 @@ def tune_host_allocator() -> bool:
     return ok
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mesh_of(devices: tuple[jax.Device, ...]) -> Mesh:
     """The 1-D ``("batch",)`` mesh over ``devices``, built once per device set."""
     return Mesh(np.asarray(devices), ("batch",))
@@ -110,7 +111,14 @@ class Engine:
     compilations : int
         How many times the forward was traced (one per distinct input shape).
     native : bool
-        Whether the conv blocks run through the native CPU kernel.
+        Whether the conv blocks run through the native CPU kernels.
+    isa : {"amx", "avx512bf16", "fp32"} or None
+        The native kernels' instruction path: ``"amx"`` / ``"avx512bf16"``
+        for the bf16 kernels (``dtype="bfloat16"`` on a CPU that has them,
+        detected at run time; ``DEEPCR_JAX_NATIVE_ISA`` forces one),
+        ``"fp32"`` for the float32 kernels (also what ``dtype="bfloat16"``
+        runs on a CPU without bf16 instructions); None where XLA's
+        convolution runs.
     """
 
     def __init__(
@@ -140,10 +148,17 @@ class Engine:
         on_cpu = all(d.platform == "cpu" for d in devices)
         self.native = (
             on_cpu
-            and self.dtype == jnp.float32
             and native_unet.supported(params.norm, params.hidden, params.in_channels)
             and native.available()
         )
+        # bfloat16 on CPU: the bf16 kernels where the CPU has them (AMX, else
+        # AVX-512-BF16), else the float32 kernels (XLA's bf16 conv upcasts and
+        # is slower than float32)
+        self._bf16_path = native.bf16_path() if self.native and self.dtype != jnp.float32 else None
+        if not self.native:
+            self.isa = None
+        else:
+            self.isa = self._bf16_path or "fp32"
         forward = self._forward
         if self.native and self.n_devices > 1:
             spec = PartitionSpec("batch")
@@ -162,7 +177,7 @@ class Engine:
         self.compilations += 1  # Python side effect: runs at trace time only
         if self.native:
             y = native_unet.forward(params.variables, x, valid, depth=params.depth, norm=params.norm,
-                                    head=params.head)
+                                    head=params.head, bf16=self._bf16_path)
         elif self.dtype != jnp.float32:
             # inner layers only: the first block and the head stay float32
             y = params.module.clone(compute_dtype=self.dtype).apply(params.variables, x, valid=valid)

@@ -17,8 +17,6 @@ stay few) and sorted on the device.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,7 +26,7 @@ __all__ = ["fill_ignored", "medmask", "window_medians"]
 _OFFSETS = np.arange(-2, 3)
 
 
-@functools.partial(jax.jit, static_argnames=())
+@jax.jit
 def _medians_at(image: jax.Array, usable: jax.Array, ys: jax.Array, xs: jax.Array):
     ny, nx = image.shape
     yy = ys[:, None, None] + _OFFSETS[None, :, None]

@@ -107,8 +107,15 @@ class ModelParams:
         return self.arch.module(norm=self.norm)
 
 
+def _is_path(model: str | os.PathLike) -> bool:
+    """A path-like, or a string that names a file: ends in ``.npz``, has a folder part, or exists."""
+    if isinstance(model, os.PathLike):
+        return True
+    return model.endswith(".npz") or os.sep in model or "/" in model or os.path.exists(model)
+
+
 def _resolve_path(model: str | os.PathLike, kind: str | None) -> str:
-    if isinstance(model, os.PathLike) or (isinstance(model, str) and model.endswith(".npz")):
+    if _is_path(model):
         return os.fspath(model)
     get_spec(model, kind)  # raises listing valid names
     return weights_path(model)
@@ -207,8 +214,10 @@ def preprocess(params: ModelParams, images, mask=None, *, xp=jnp):
     -------
     x : array, float32, shape (n, ny + py, nx + px, in_channels)
         ``images / scale``, standardised per image over the unpadded pixels
-        if the model says so (a constant image has std 0; it is then taken
-        as 1), zero-padded at the top/left to a multiple of 4; inpainting
+        if the model says so (a standard deviation below 1e-5 of the mean's
+        magnitude — a constant image, up to float32 rounding — is taken as
+        1, so the network sees zeros instead of NaN or amplified rounding
+        noise), zero-padded at the top/left to a multiple of 4; inpainting
         networks get ``[x * (1 - mask), mask]``.
     undo : Undo
     """
@@ -217,7 +226,8 @@ def preprocess(params: ModelParams, images, mask=None, *, xp=jnp):
     if params.standardize:
         mean = xp.mean(x, axis=(-2, -1), keepdims=True)
         std = xp.std(x, axis=(-2, -1), keepdims=True)
-        std = xp.where(std > 0, std, xp.float32(1))
+        # a constant image (std 0 up to float32 rounding of the mean) gets std 1
+        std = xp.where(std > xp.float32(1e-5) * xp.abs(mean), std, xp.float32(1))
         x = (x - mean) / std
     x, py, px = _pad_top_left(x, PAD_MULTIPLE, xp)
     if params.in_channels == 1:
@@ -245,8 +255,10 @@ def postprocess(params: ModelParams, out, undo: Undo, images=None, mask=None, *,
     return xp.where(mask.astype(bool), pred.astype(xp.float32), images)
 
 
-def _check_images(images, name: str = "images"):
-    dtype = np.dtype(getattr(images, "dtype", np.asarray(images).dtype))
+def _check_images(images, name: str = "images", *, allow_bool: bool = False):
+    dtype = np.dtype(images.dtype if hasattr(images, "dtype") else np.asarray(images).dtype)
+    if dtype == bool and allow_bool:
+        return
     if dtype == object or np.issubdtype(dtype, np.complexfloating) or dtype == bool:
         raise TypeError(f"{name} must be a real numeric array; got dtype {dtype}")
     if not (np.issubdtype(dtype, np.number) or dtype == jnp.bfloat16):
@@ -288,7 +300,7 @@ def predict(params: ModelParams, images: jax.Array, mask: jax.Array | None = Non
         raise ValueError(f"images must be (n, ny, nx) or (n, ny, nx, 1); got shape {shape}")
     m = None
     if mask is not None:
-        _check_images(mask, "mask")
+        _check_images(mask, "mask", allow_bool=True)
         m = jnp.asarray(mask)
         if m.shape != shape:
             raise ValueError(f"mask must have the images' shape {shape}; got {m.shape}")

@@ -24,7 +24,11 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["TilePlan", "copy_window", "default_halo", "plan_tiles", "receptive_radius"]
+__all__ = ["TILE_SIZES", "TilePlan", "choose_tile", "copy_window", "default_halo", "plan_tiles", "receptive_radius"]
+
+#: Tile sides offered (network input S × S); by default each image runs with
+#: the one that computes the fewest pixels (:func:`choose_tile`).
+TILE_SIZES = (64, 128, 256, 512, 1024)
 
 # Largest distance (pixels) at which an input pixel can influence an output
 # pixel: 3×3 convs add 1 level-pixel each (2 per block, encoder and decoder),
@@ -144,3 +148,22 @@ def copy_window(src: np.ndarray, ty: int, tx: int, out: np.ndarray, valid: np.nd
     if y1 > y0 and x1 > x0:
         out[y0 - ty : y1 - ty, x0 - tx : x1 - tx] = src[y0:y1, x0:x1]
         valid[y0 - ty : y1 - ty, x0 - tx : x1 - tx] = 1
+
+
+def choose_tile(shape: tuple[int, int], depth: int, tile: int | None = None) -> int:
+    """Tile side for a padded image of ``shape`` (ny, nx) and a network of ``depth``.
+
+    The caller's ``tile`` if given (raised to the smallest offered size
+    that holds a deeper network's halo, if too small). Otherwise the
+    offered size that computes the fewest pixels in total (tiles × S²,
+    halos and padding included), the larger one on ties: a 256² stamp runs
+    as one 256 tile, a 1000² image as one 1024 tile, a 4096×2048 chip as
+    256 tiles.
+    """
+    smallest = 2 * default_halo(depth) + grid(depth)
+    if tile is not None:
+        if max(shape) > tile and tile <= smallest:
+            return next(t for t in TILE_SIZES if t > smallest)
+        return tile
+    options = [t for t in TILE_SIZES if t > smallest or max(shape) <= t]
+    return min(options, key=lambda t: (len(plan_tiles(shape, t, depth)) * t * t, -t))

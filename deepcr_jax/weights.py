@@ -183,16 +183,17 @@ def load_npz(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model weights file {path!r} does not exist (or is not a file)")
-    try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError(f"it holds a single {type(data).__name__}, not named arrays")
-        with data:
-            flat = {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
-        raise ValueError(
-            f"{path}: not a deepcr-jax weights file (.npz of arrays): {type(err).__name__}: {err}"
-        ) from None
+    with open(path, "rb") as fh:  # our handle: closed however np.load fails
+        if fh.read(4) != b"PK\x03\x04":
+            raise ValueError(f"{path}: not a deepcr-jax weights file (an .npz is a zip archive; this file is not)")
+        fh.seek(0)
+        try:
+            with np.load(fh, allow_pickle=False) as data:
+                flat = {k: data[k] for k in data.files}
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+            raise ValueError(
+                f"{path}: not a deepcr-jax weights file (.npz of arrays): {type(err).__name__}: {err}"
+            ) from None
     meta_raw = flat.pop(META_KEY, None)
     try:
         meta = json.loads(str(meta_raw)) if meta_raw is not None else {}

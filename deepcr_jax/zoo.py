@@ -11,16 +11,16 @@ Input units
 Every network sees ``image / scale``. deepCR's own registry gives the scale for
 ``ACS-WFC``, ``decam``, ``WFC3-UVIS`` (1) and ``example_model`` (100). The
 other four files are not registered there; their scale was established from
-their detection rate on realistic simulated ACS/WFC data (``python -m
-convert.scales``, table in ``convert/scales.md``): a wrong scale does not
-fail, it silently drops the true-positive rate. The three per-filter 2-32
+their detection rate on realistic simulated ACS/WFC data (``python
+benchmarks/scales.py``, table in ``benchmarks/results/scales.md``): a wrong
+scale does not fail, it silently drops the true-positive rate. The three per-filter 2-32
 models work in electrons (scale 1); the paper's 2-4 model expects e-/100,
 like ``example_model``: at scale 1 it flags 31 % of CR-free pixels.
 
 deepCR's registry gives the inpainting networks no scale: its ``clean``
 feeds them the image divided by the *mask* model's scale (electrons with
 ``ACS-WFC``, e-/100 with its tutorial's ``example_model``). Their inpainting
-error on simulated data (``convert/scales.md``) is lowest at e-/100, in mean
+error on simulated data (``benchmarks/results/scales.md``) is lowest at e-/100, in mean
 and median alike, so the zoo gives both scale 100.
 :mod:`deepcr_jax.compat` keeps the reference's behaviour.
 """
@@ -104,13 +104,13 @@ _SCALE_FROM_REGISTRY = "scale from deepCR 0.3.1's registry"
 _SCALE_FROM_SIMULATION = (
     "not in deepCR 0.3.1's registry; scale 1 (electrons) established from its detection "
     "rate on simulated ACS/WFC data: best TPR at 0.05 % FPR of the scales 1, 10, 100, 1000 "
-    "(convert/scales.md)"
+    "(benchmarks/results/scales.md)"
 )
 
 _INPAINT_SCALE = (
     "deepCR 0.3.1 registers no scale for inpainting networks (they get the mask model's: 1 with "
     "ACS-WFC, 100 with example_model); scale 100 (e-/100) established from the inpainting MSE "
-    "on simulated ACS/WFC data: lowest of the scales 1, 10, 100, 1000 (convert/scales.md)"
+    "on simulated ACS/WFC data: lowest of the scales 1, 10, 100, 1000 (benchmarks/results/scales.md)"
 )
 
 MODELS: dict[str, ModelSpec] = {
@@ -143,7 +143,7 @@ MODELS: dict[str, ModelSpec] = {
             "not in deepCR 0.3.1's registry; scale 100 (e-/100, deepCR's early convention, as "
             "example_model) established from its detection rate on simulated ACS/WFC data: at scale 1 "
             "it flags 31 % of CR-free pixels, at 100 it finds 76 % of CR pixels at 0.05 % FPR "
-            "(convert/scales.md)",
+            "(benchmarks/results/scales.md)",
         ),
         ModelSpec(
             "WFC3-UVIS", "mask",

@@ -88,8 +88,8 @@ def synthetic_field(rng: np.random.Generator, shape=(128, 128), sky=80.0, n_star
         length = rng.integers(1, 12)
         angle = rng.uniform(0, np.pi)
         for t in range(length):
-            yi = int(round(y + t * np.sin(angle)))
-            xi = int(round(x + t * np.cos(angle)))
+            yi = round(y + t * np.sin(angle))
+            xi = round(x + t * np.cos(angle))
             if 0 <= yi < ny and 0 <= xi < nx:
                 img[yi, xi] += rng.lognormal(6.5, 0.7)
                 cr[yi, xi] = True

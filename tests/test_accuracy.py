@@ -2,16 +2,20 @@
 
 Runs the script in a subprocess (3 stamps per field, coarse LACosmic sweep)
 into a temporary folder and checks the files it writes, the structure of
-``accuracy.json`` and basic sanity of the numbers.
+``accuracy.json`` and basic sanity of the numbers; checks that ``--quick``
+never writes into ``benchmarks/results``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,15 +26,22 @@ pytest.importorskip("matplotlib")
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "accuracy.py"
+RESULTS = ROOT / "benchmarks" / "results"
 FIELDS = ("extragalactic", "globular", "resolved")
 FPRS = ("0.0005", "0.005")
 INPAINTERS = ("deepCR-2-32", "deepCR-3-32", "medmask", "biharmonic")
+
+
+def _results_state() -> dict:
+    """Names and modification times of the accuracy files in benchmarks/results."""
+    return {p.name: p.stat().st_mtime_ns for p in RESULTS.glob("accuracy*")}
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """Run ``accuracy.py --quick`` once; return (output dir, parsed JSON, markdown text)."""
     out = tmp_path_factory.mktemp("accuracy")
+    before = _results_state()
     env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"), MPLBACKEND="Agg")
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--seed", "7", "--outdir", str(out)],
@@ -39,9 +50,10 @@ def quick_run(tmp_path_factory):
         env=env,
         capture_output=True,
         text=True,
-        timeout=85,
+        timeout=400,  # ~100 s on 2 shared cores, most of it LACosmic
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _results_state() == before, "--quick wrote into benchmarks/results"
     data = json.loads((out / "accuracy.json").read_text())
     return out, data, (out / "accuracy.md").read_text()
 
@@ -62,7 +74,8 @@ def test_files_written(quick_run):
 
 def test_json_structure(quick_run):
     _, data, _ = quick_run
-    for key in ("config", "machine", "runtime_s", "seconds", "test_set", "detection", "inpainting", "paper"):
+    keys = ("config", "machine", "runtime_s", "seconds", "test_set", "detection", "inpainting", "end_to_end")
+    for key in (*keys, "paper"):
         assert key in data
     cfg = data["config"]
     assert cfg["quick"] is True and cfg["seed"] == 7 and cfg["n_per_field"] == 3
@@ -113,3 +126,40 @@ def test_inpainting_mse_sane(quick_run):
                 assert r["mse_paper_units"] == pytest.approx(r["mse_e2"] / 1e4)
                 # no inpainter can beat the noise of the observed pixels by much
                 assert r["mse_e2"] > 0.5 * r["noise_floor_e2"] > 0, (f, lab)
+
+
+def test_end_to_end_sane(quick_run):
+    _, data, md = quick_run
+    assert "End to end" in md
+    for f in FIELDS:
+        e2e = data["end_to_end"][f]
+        assert set(e2e) == {"deepCR-2-32", "deepCR-3-32", "medmask"}
+        for lab, variants in e2e.items():
+            r0, r1 = variants["dilate0"], variants["dilate1"]
+            assert r0["n_cr"] > 0 and r0["n_cr_replaced"] > 0, (f, lab)
+            assert r0["n_cr"] == r0["n_cr_replaced"] + r0["n_cr_missed"] == r1["n_cr"]
+            assert math.isfinite(r0["mse_cr_e2"]) and r0["mse_cr_e2"] > 0
+            assert r1["n_replaced"] > r0["n_replaced"] and r1["n_cr_missed"] <= r0["n_cr_missed"]
+        # the mask is the same for every inpainter: the missed CRs' error too
+        assert len({v["dilate0"]["mse_cr_missed_e2"] for v in e2e.values()}) == 1
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("accuracy_script", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quick_defaults_to_a_temporary_folder():
+    acc = _load_script()
+    out = acc.output_dir(acc.parse_args(["--quick"]))
+    try:
+        assert os.path.isdir(out) and not os.listdir(out)
+        assert Path(out).resolve() != RESULTS.resolve()
+        assert Path(out).resolve().is_relative_to(Path(tempfile.gettempdir()).resolve())
+    finally:
+        shutil.rmtree(out)
+    given = acc.parse_args(["--quick", "--outdir", "somewhere"])
+    assert given.outdir == "somewhere"
+    assert acc.parse_args([]).outdir is None and not acc.parse_args([]).quick  # full run: results/

@@ -120,7 +120,7 @@ def test_nonfinite_pixels_are_ignored_filled_and_reported(field):
 
 
 def test_cleaned_image_replaces_only_masked_pixels(field):
-    img, cr = field
+    img, _cr = field
     mask, cleaned = deepcr_jax.clean(img, inpaint="medmask")
     np.testing.assert_array_equal(cleaned[~mask], img[~mask])
     assert np.all(cleaned[mask] < img[mask]), "CR pixels are replaced by lower, sky-like values"
@@ -148,3 +148,82 @@ def test_list_models_and_load_params_errors():
         deepcr_jax.load_params(deepcr_jax.zoo.weights_path("ACS-WFC-F606W-2-32"), kind="mask")
     with pytest.raises(ValueError, match="kind must be"):
         deepcr_jax.list_models("masks")
+
+
+# --------------------------------------------------------------------------
+# cases found by hand (issue 11): each failed before its fix
+
+
+def _weights_like_files(tmp_path):
+    """Files named .npz that are not weights: (path, expected error, message)."""
+    from pathlib import Path
+
+    from deepcr_jax.zoo import weights_path
+
+    text = tmp_path / "text.npz"
+    text.write_text("not weights")
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(Path(weights_path("ACS-WFC")).read_bytes()[:3000])
+    folder = tmp_path / "folder.npz"
+    folder.mkdir()
+    return [
+        (text, ValueError, "an .npz is a zip archive; this file is not"),
+        (cut, ValueError, "not a deepcr-jax weights file"),
+        (folder, FileNotFoundError, "does not exist \\(or is not a file\\)"),
+        (tmp_path / "x.bin", FileNotFoundError, "does not exist"),
+    ]
+
+
+def test_bad_model_files_raise_one_clear_error(tmp_path, field):
+    from pathlib import Path
+
+    img, _ = field
+    for path, err, match in _weights_like_files(tmp_path):
+        for model in (str(path), Path(path)):
+            with pytest.raises(err, match=match):
+                deepcr_jax.clean(img[:16, :16], model=model)
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, match",
+    [
+        ({"inpaint": True}, TypeError, "inpaint must be None, 'medmask', an inpainting zoo name or a .npz path; got True"),
+        ({"image": np.zeros((8, 8), "m8[s]")}, TypeError, "real numeric array; got dtype timedelta64"),
+        ({"image": np.full((8, 8), 1e300)}, ValueError, r"64 finite pixel\(s\) beyond float32's range"),
+    ],
+    ids=["inpaint-bool", "timedelta", "float64-overflow"],
+)
+def test_more_bad_arguments(kwargs, err, match):
+    image = kwargs.pop("image", np.zeros((8, 8), np.float32))
+    with pytest.raises(err, match=match):
+        deepcr_jax.clean(image, **kwargs)
+
+
+def test_inpaint_names_its_mask_argument(field):
+    img, cr = field
+    with pytest.raises(ValueError, match=r"mask must have the image's shape \(96, 112\); got \(112, 96\)"):
+        deepcr_jax.inpaint(img, cr.T)
+
+
+def test_masked_array_pixels_are_ignored(field):
+    img, _ = field
+    data = img.copy()
+    data[40:46, 50:56] = 1e6  # a masked block of junk
+    masked = np.ma.masked_array(data, mask=np.zeros(data.shape, bool))
+    masked.mask[40:46, 50:56] = True
+    before = masked.copy()
+    cleaner = deepcr_jax.load(inpaint="medmask")
+    mask, cleaned = cleaner.clean(masked)
+    assert not mask[40:46, 50:56].any()
+    assert cleaned[40:46, 50:56].max() < 1e4  # filled from the surroundings, not kept at 1e6
+    assert cleaner.last_report.n_ignored == 36
+    np.testing.assert_array_equal(masked.data, before.data)  # the caller's array is untouched
+    np.testing.assert_array_equal(masked.mask, before.mask)
+
+
+def test_jax_bfloat16_image_is_accepted(field):
+    img, _ = field
+    lo = jnp.asarray(img, jnp.bfloat16)
+    np.testing.assert_array_equal(
+        deepcr_jax.clean(lo, binary=False), deepcr_jax.clean(np.asarray(lo, np.float32), binary=False)
+    )

@@ -138,7 +138,7 @@ def test_pth_path_converted_on_the_fly(frame):
     # float32 evaluations of the same function may then differ by the sum of
     # their rounding errors, so: as accurate as the reference against exact
     # arithmetic, and within twice its error of it.
-    from reference import float64_probability
+    from deepcr_jax.reference import float64_probability
 
     p64 = float64_probability(reference(path), frame)
     ref_err = float(np.abs(p_ref - p64).max())

@@ -196,7 +196,7 @@ def test_legacy_and_zip_formats_both_read(tmp_path, rng):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_shipped_npz_equals_fresh_conversion_of_pypi_pth(name):
     spec = MODELS[name]
-    root = os.path.dirname(list(importlib.util.find_spec("learned_models").submodule_search_locations)[0])
+    root = os.path.dirname(next(iter(importlib.util.find_spec("learned_models").submodule_search_locations)))
     src = os.path.join(root, spec.source)
     assert W.sha256_file(src) == spec.source_sha256
     fresh, arch = cv.convert_state_dict(cv.load_torch_state_dict(src))

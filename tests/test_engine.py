@@ -12,10 +12,9 @@ import pytest
 from conftest import synthetic_field
 
 import deepcr_jax
-from deepcr_jax.cleaner import TILE_SIZES
 from deepcr_jax.engine import Engine
 from deepcr_jax.model import load_params, network_forward, preprocess
-from deepcr_jax.tiling import default_halo, plan_tiles, receptive_radius
+from deepcr_jax.tiling import TILE_SIZES, default_halo, plan_tiles, receptive_radius
 
 TILE_ATOL = 1e-5
 

@@ -1,4 +1,4 @@
-"""FITS I/O: chip selection, DQ/saturation ignore rule, CRMASK + DQ flags, safe writes."""
+"""FITS data: DQ/saturation/units rules (hst), chips and CRMASK + DQ writes (fits), clean_fits (files)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,13 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from conftest import shared_dir
+from scipy.ndimage import binary_dilation
 
-from deepcr_jax.fits import (
-    DEFAULT_DQ_FLAG,
-    DEFAULT_DQ_IGNORE_BITS,
-    clean_fits,
-    default_output_path,
-    read_fits,
-    write_fits,
-)
-from deepcr_jax.simulate import simulate_exposure
+from deepcr_jax import hst
+from deepcr_jax.files import clean_fits, default_output_path
+from deepcr_jax.fits import read_fits, write_fits, write_hdulist
+from deepcr_jax.hst import DEFAULT_DQ_FLAG, DEFAULT_DQ_IGNORE_BITS
+from deepcr_jax.simulate import saturation_ignore, simulate_exposure
 
 SHAPE = (64, 96)
 
@@ -86,7 +83,8 @@ def cleaned(flc):
 
 
 def test_default_output_name():
-    assert default_output_path("/d/j8xi01abq_flc.fits") == default_output_path("/d/j8xi01abq_flc.fits.gz")
+    assert str(default_output_path("/d/j8xi01abq_flc.fits.gz")) == "/d/j8xi01abq_flc_crmask.fits.gz"
+    assert str(default_output_path("/d/j8xi01abq_flc.fits.fz")) == "/d/j8xi01abq_flc_crmask.fits.fz"
     assert str(default_output_path("/d/j8xi01abq_flc.fits")) == "/d/j8xi01abq_flc_crmask.fits"
     assert str(default_output_path("x.FITS", suffix="_c", outdir="/o")) == "/o/x_c.fits"
     assert str(default_output_path("frame.fit")) == "frame_crmask.fits"
@@ -110,6 +108,48 @@ def test_read_picks_both_chips_and_builds_ignore(tmp_path):
     # switching the rules off
     c0 = read_fits(path, dq_ignore_bits=0, saturation=None)[1]
     assert not c0.ignore.any() and c0.n_dq == 0 and c0.n_saturated == 0
+
+
+def test_saturation_mask_is_one_rule_for_files_and_simulator():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 80000, (40, 50)).astype(np.float32)
+    image[image > 69000] = 100.0
+    image[3, 4], image[39, 49], image[20, 0] = 70000.0, 75000.0, np.nan
+    want = binary_dilation(image >= 70000.0, structure=np.ones((7, 7), bool))
+    np.testing.assert_array_equal(hst.saturation_mask(image), want)
+    np.testing.assert_array_equal(saturation_ignore(image), want)
+    dq = np.zeros(image.shape, np.int16)
+    dq[30, 30] = 2048
+    dq[10, 40] = 16  # not a saturation bit
+    with_dq = hst.saturation_mask(image, dq=dq)
+    box = np.ones((7, 7), bool)
+    np.testing.assert_array_equal(with_dq, want | binary_dilation(dq == 2048, structure=box))
+    np.testing.assert_array_equal(hst.saturation_mask(image, grow=1), image >= 70000.0)
+    with pytest.raises(ValueError, match="grow"):
+        hst.saturation_mask(image, grow=4)
+
+
+def test_write_hdulist_never_replaces_without_overwrite(tmp_path):
+    out = tmp_path / "x.fits"
+    out.write_bytes(b"previous")
+    hdul = fits.HDUList([fits.PrimaryHDU(np.zeros((2, 2), np.float32))])
+    with pytest.raises(FileExistsError):
+        write_hdulist(hdul, out)
+    assert out.read_bytes() == b"previous" and os.listdir(tmp_path) == ["x.fits"]
+    write_hdulist(hdul, out, overwrite=True)
+    with fits.open(out) as h:
+        assert h[0].data.shape == (2, 2)
+
+
+def test_model_names_reuse_one_cached_cleaner(cleaned, tmp_path):
+    from deepcr_jax.cleaner import _cleaner
+
+    path, _, _, first = cleaned
+    cached = _cleaner("ACS-WFC", None, None, None, "float32")
+    before = cached.compilations
+    again = clean_fits(path, tmp_path / "again.fits")
+    assert cached.compilations == before, "a second file with the same model must not recompile"
+    assert [c.n_cr for c in again.chips] == [c.n_cr for c in first.chips]
 
 
 def test_clean_fits_writes_crmask_and_dq(cleaned):
@@ -285,8 +325,10 @@ def test_scaled_integer_primary_is_preserved(tmp_path):
     inpainted = clean_fits(src, tmp_path / "inpainted.fits", inpaint="medmask")
     with fits.open(src) as a, fits.open(inpainted.path_out) as b:
         mask = b["CRMASK", 1].data.astype(bool)
-        assert b[0].data.dtype.kind == "f" and "BZERO" not in b[0].header and mask.any()
-        np.testing.assert_array_equal(b[0].data[~mask], a[0].data[~mask].astype(np.float32))
+        # integer data stay integer with their BZERO; CR pixels get rounded inpainted values
+        assert b[0].header["BITPIX"] == 16 and b[0].header["BZERO"] == a[0].header["BZERO"] and mask.any()
+        np.testing.assert_array_equal(b[0].data[~mask], a[0].data[~mask])
+        assert "integer BITPIX=16 kept" in " ".join(str(h) for h in b[0].header["HISTORY"])
 
 
 def test_explicit_overwrite_of_the_input_and_cleaner_reuse(tmp_path):

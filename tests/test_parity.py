@@ -46,7 +46,7 @@ def _images(real_frames):
 
 @pytest.mark.parametrize("model", MASK_MODELS)
 def test_mask_probability_matches_reference(model, real_frames):
-    from reference import float64_probability, reference
+    from deepcr_jax.reference import float64_probability, reference
 
     ref = reference(model)
     cleaner = deepcr_jax.load(model)
@@ -81,9 +81,8 @@ def test_inpainting_matches_reference(model, mask, real_frames):
     ``ACS-WFC`` (scale 1) the networks see electrons, which the compat layer
     reproduces.
     """
-    from reference import reference
-
     from deepcr_jax.compat import deepCR
+    from deepcr_jax.reference import reference
 
     ref = reference(mask, model)
     if mask == "example_model":
@@ -107,7 +106,7 @@ def test_inpainting_matches_reference(model, mask, real_frames):
 
 
 def test_medmask_inpainting_matches_reference(real_frames):
-    from reference import reference
+    from deepcr_jax.reference import reference
 
     ref = reference("ACS-WFC")
     cleaner = deepcr_jax.load("ACS-WFC", inpaint="medmask")

@@ -21,7 +21,53 @@ rounding, slower. Only the CPU backend uses the kernel; GPU and TPU always
 run XLA's.
 """
 
-from deepcr_jax.native._build import available, disabled_by_env, status
-from deepcr_jax.native.ops import conv3x3_affine_relu, full_bounds, supports, upconv2x2
+from deepcr_jax.native._build import available, cpu_bf16_paths, disabled_by_env, status
+from deepcr_jax.native.ops import (
+    conv3x3_affine_relu,
+    conv3x3_affine_relu_bf16,
+    full_bounds,
+    supports,
+    upconv2x2,
+    upconv2x2_bf16,
+)
 
-__all__ = ["available", "conv3x3_affine_relu", "disabled_by_env", "full_bounds", "status", "supports", "upconv2x2"]
+__all__ = [
+    "available",
+    "bf16_path",
+    "conv3x3_affine_relu",
+    "conv3x3_affine_relu_bf16",
+    "cpu_bf16_paths",
+    "disabled_by_env",
+    "full_bounds",
+    "status",
+    "supports",
+    "upconv2x2",
+    "upconv2x2_bf16",
+]
+
+#: ``DEEPCR_JAX_NATIVE_ISA`` values: a bf16 path, or ``fp32`` (bf16 requests run the float32 kernels)
+ISA_CHOICES = ("amx", "avx512bf16", "fp32")
+
+
+def bf16_path() -> str | None:
+    """The instruction path ``dtype="bfloat16"`` runs on this CPU: ``"amx"``, ``"avx512bf16"`` or None.
+
+    The fastest of :func:`cpu_bf16_paths` (AMX, else AVX-512-BF16); None
+    where there is none or the native kernels are unavailable (then the
+    float32 kernels serve bf16 requests). ``DEEPCR_JAX_NATIVE_ISA`` forces
+    a path: ``amx``, ``avx512bf16``, or ``fp32`` for none; forcing a path
+    this CPU lacks raises :class:`RuntimeError`.
+    """
+    import os
+
+    paths = cpu_bf16_paths()
+    forced = os.environ.get("DEEPCR_JAX_NATIVE_ISA", "").strip().lower()
+    if forced:
+        if forced not in ISA_CHOICES:
+            raise ValueError(f"DEEPCR_JAX_NATIVE_ISA must be one of {ISA_CHOICES}; got {forced!r}")
+        if forced == "fp32":
+            return None
+        if forced not in paths:
+            raise RuntimeError(f"DEEPCR_JAX_NATIVE_ISA={forced}: this CPU runs only {paths or 'no bf16 path'}")
+        return forced
+    return next((p for p in ("amx", "avx512bf16") if p in paths), None)

@@ -15,18 +15,31 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from importlib import resources
 
 import jax
 
 from deepcr_jax._atomic import atomic_path
 
-__all__ = ["available", "disabled_by_env", "require", "status"]
+__all__ = ["available", "cpu_bf16_paths", "disabled_by_env", "require", "status"]
 
 log = logging.getLogger(__name__)
 
 #: FFI target name -> symbol in the compiled library
-TARGETS = {"deepcr_conv3x3_affine_relu": "DeepcrConv3x3AffineRelu", "deepcr_upconv2x2": "DeepcrUpConv2x2"}
+TARGETS = {
+    "deepcr_conv3x3_affine_relu": "DeepcrConv3x3AffineRelu",
+    "deepcr_upconv2x2": "DeepcrUpConv2x2",
+    "deepcr_conv3x3_bf16": "DeepcrConv3x3Bf16",
+    "deepcr_upconv2x2_bf16": "DeepcrUpConv2x2Bf16",
+}
+#: the translation units compiled into the one library; _shared.cc is included by both
+SOURCES = ("conv3x3.cc", "bf16.cc")
+_HEADERS = ("_shared.cc",)
+#: bits of DeepcrCpuPaths() -> bf16 path names (see bf16.cc)
+BF16_PATHS = {"avx512bf16": 1, "amx": 2}
+#: measured on a 2-core Sapphire Rapids (GCC 12): what the first-use message quotes
+_TYPICAL_BUILD_S = 12
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC"]
 
 _lock = threading.Lock()
@@ -56,10 +69,10 @@ def _cpu_id() -> str:
         return platform.processor() + platform.machine()
 
 
-def _compile(source: str, cxx: str, out: str) -> None:
+def _compile(sources: list[str], cxx: str, out: str) -> None:
     include = jax.ffi.include_dir()
     with atomic_path(out) as tmp:  # concurrent builders write the same bytes
-        cmd = [cxx, *_FLAGS, f"-I{include}", source, "-o", tmp]
+        cmd = [cxx, *_FLAGS, f"-I{include}", *sources, "-o", tmp]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
@@ -72,9 +85,11 @@ def _load() -> None:
     cxx = os.environ.get("CXX", "c++")
     if shutil.which(cxx) is None:
         raise RuntimeError(f"no C++ compiler ({cxx!r} not found; set $CXX)")
-    source = str(resources.files("deepcr_jax.native").joinpath("conv3x3.cc"))
-    with open(source, "rb") as fh:
-        text = fh.read()
+    folder = resources.files("deepcr_jax.native")
+    sources = [str(folder.joinpath(name)) for name in SOURCES]
+    text = b""
+    for name in (*SOURCES, *_HEADERS):
+        text += folder.joinpath(name).read_bytes() + b"\0"
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
     key = hashlib.sha256(
         b"\0".join(
@@ -90,11 +105,18 @@ def _load() -> None:
         os.makedirs(directory, mode=0o700, exist_ok=True)
     lib_path = os.path.join(directory, f"deepcr_native-{key}.so")
     if not os.path.exists(lib_path):
-        log.info("compiling the native convolution kernel into %s", lib_path)
-        _compile(source, cxx, lib_path)
+        msg = f"compiling the native CPU kernels (first use, ~{_TYPICAL_BUILD_S} s) into {lib_path}"
+        log.warning(msg)
+        t0 = time.perf_counter()
+        _compile(sources, cxx, lib_path)
+        _state["build_s"] = time.perf_counter() - t0
+        log.info("native CPU kernels compiled in %.1f s", _state["build_s"])
     lib = ctypes.CDLL(lib_path)
     for target, symbol in TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    lib.DeepcrCpuPaths.restype = ctypes.c_int
+    mask = int(lib.DeepcrCpuPaths())
+    _state["cpu_paths"] = tuple(name for name, bit in BF16_PATHS.items() if mask & bit)
     _state["lib"] = lib
     _state["path"] = lib_path
 
@@ -117,6 +139,16 @@ def available() -> bool:
     return status()[0]
 
 
+def cpu_bf16_paths() -> tuple[str, ...]:
+    """The bf16 kernel paths this CPU runs, from CPUID at run time: ``"avx512bf16"``, ``"amx"``.
+
+    ``"amx"`` also needs Linux's permission for the AMX tile state
+    (``arch_prctl(ARCH_REQ_XCOMP_PERM)``), requested once when the library
+    loads. Empty where the kernels are unavailable.
+    """
+    if not available():
+        return ()
+    return tuple(_state["cpu_paths"])  # type: ignore[arg-type]
 
 
 def require() -> None:

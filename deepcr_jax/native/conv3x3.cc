@@ -39,11 +39,17 @@
 #include <memory>
 #include <thread>
 
+#include "_shared.cc"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
+
+using deepcr::leading;
+using deepcr::parallel_for;
+using deepcr::unit_leading;
+using deepcr::ROWS_PER_TASK;
 
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4)));
@@ -53,7 +59,6 @@ constexpr int PB = 12;  // 24 accumulators + 2 weights + 1 broadcast of 32 zmm r
 #else
 constexpr int PB = 4;
 #endif
-constexpr int ROWS_PER_TASK = 2;
 
 inline v16 load(const float* p) { return *reinterpret_cast<const v16u*>(p); }
 inline void store(float* p, v16 v) { *reinterpret_cast<v16u*>(p) = v; }
@@ -168,48 +173,6 @@ void conv_row(const Problem& p, int64_t n, int64_t r) {
       epilogue(p, yr + cc * Cy + (p.head ? 0 : o), a0, a1, o);
     }
   }
-}
-
-// Tasks 0..total-1 run by ``body(k)``, handed out ``chunk`` at a time to
-// XLA's intra-op thread pool and the calling thread; returns when all are done.
-template <typename Body>
-void parallel_for(ffi::ThreadPool& pool, int64_t total, int64_t chunk, Body body) {
-  struct Shared {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-  };
-  auto shared = std::make_shared<Shared>();
-  auto run = [shared, total, chunk, body] {
-    for (;;) {
-      const int64_t start = shared->next.fetch_add(chunk, std::memory_order_relaxed);
-      if (start >= total) return;
-      const int64_t stop = std::min(start + chunk, total);
-      for (int64_t k = start; k < stop; k++) body(k);
-      shared->done.fetch_add(stop - start, std::memory_order_release);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), (total + chunk - 1) / chunk - 1);
-  for (int64_t k = 0; k < helpers; k++) pool.Schedule([run] { run(); });
-  run();
-  // helpers that start late find no tasks left; wait for the tasks they took
-  while (shared->done.load(std::memory_order_acquire) < total) std::this_thread::yield();
-}
-
-// Product of all but the last ``keep`` dimensions.
-template <typename Dims>
-int64_t leading(const Dims& d, size_t keep) {
-  int64_t n = 1;
-  for (size_t k = 0; k + keep < d.size(); k++) n *= d[k];
-  return n;
-}
-
-// Under vmap (expand_dims) unbatched operands get leading unit dimensions.
-template <typename Dims>
-bool unit_leading(const Dims& d, size_t keep) {
-  if (d.size() < keep) return false;
-  for (size_t k = 0; k + keep < d.size(); k++)
-    if (d[k] != 1) return false;
-  return true;
 }
 
 ffi::Error Conv3x3AffineRelu(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x0, ffi::Buffer<ffi::F32> x1,

@@ -13,7 +13,15 @@ import numpy as np
 
 from deepcr_jax.native._build import require
 
-__all__ = ["conv3x3_affine_relu", "full_bounds", "supports", "upconv2x2"]
+__all__ = [
+    "conv3x3_affine_relu",
+    "conv3x3_affine_relu_bf16",
+    "full_bounds",
+    "pack_pairs",
+    "supports",
+    "upconv2x2",
+    "upconv2x2_bf16",
+]
 
 
 def supports(in_channels: int, out_channels: int) -> bool:
@@ -94,3 +102,90 @@ def upconv2x2(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
     out = jax.ShapeDtypeStruct(x.shape[:-3] + (2 * x.shape[-3], 2 * x.shape[-2], kernel.shape[-1]), f32)
     call = jax.ffi.ffi_call("deepcr_upconv2x2", out, vmap_method="expand_dims")
     return call(x.astype(f32), kernel.astype(f32), bias.astype(f32))
+
+
+def _even_channels(x: jax.Array) -> jax.Array:
+    """``x`` with a zero channel appended where its channel count is odd (the bf16 kernels read pairs)."""
+    if x.shape[-1] % 2 == 0:
+        return x
+    return jnp.concatenate([x, jnp.zeros(x.shape[:-1] + (1,), x.dtype)], axis=-1)
+
+
+def pack_pairs(kernel: jax.Array, splits: tuple[int, ...]) -> jax.Array:
+    """HWIO ``kernel`` (kh, kw, ci, co) -> bf16 (kh, kw, ci' / 2, co, 2): input channels in pairs.
+
+    ``splits`` are the channel counts of the inputs the kernel reads in
+    order (x0, x1); each is padded with a zero row to an even count, as
+    :func:`_even_channels` pads the inputs.
+    """
+    parts, start = [], 0
+    for c in splits:
+        w = kernel[:, :, start : start + c]
+        if c % 2:
+            w = jnp.concatenate([w, jnp.zeros_like(w[:, :, :1])], axis=2)
+        parts.append(w)
+        start += c
+    w = jnp.concatenate(parts, axis=2).astype(jnp.bfloat16)
+    kh, kw, ci, co = w.shape
+    return jnp.transpose(w.reshape(kh, kw, ci // 2, 2, co), (0, 1, 2, 4, 3))
+
+
+_PATH_CODES = {"avx512bf16": 1, "amx": 2}
+
+
+def conv3x3_affine_relu_bf16(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    alpha: jax.Array,
+    beta: jax.Array,
+    *,
+    path: str,
+    x1: jax.Array | None = None,
+    bounds: jax.Array | None = None,
+    epilogue: tuple[jax.Array, jax.Array, bool] | None = None,
+):
+    """:func:`conv3x3_affine_relu` with bfloat16 inputs and weights, float32 sums.
+
+    ``x`` (and ``x1``) are cast to bfloat16 and ``kernel`` (HWIO, float32
+    or bf16) rounded to bfloat16; the sums, bias, affine and ReLU run in
+    float32 and the activation is rounded once to bfloat16 (nearest even).
+    ``path`` is the instruction path, ``"avx512bf16"`` or ``"amx"`` (one of
+    :func:`deepcr_jax.native.cpu_bf16_paths`). Odd channel counts are
+    padded to even with zeros.
+
+    Returns (..., ny, nx, co) bfloat16, or with ``epilogue`` the 1x1 head
+    (..., ny, nx, 1) float32 computed from the float32 activation.
+    """
+    require()
+    f32, bf = jnp.float32, jnp.bfloat16
+    splits = (x.shape[-1],) if x1 is None else (x.shape[-1], x1.shape[-1])
+    if sum(splits) != kernel.shape[2]:
+        raise ValueError(f"kernel reads {kernel.shape[2]} input channels; x and x1 have {splits}")
+    w = pack_pairs(kernel, splits)
+    x = _even_channels(x.astype(bf))
+    x1 = x[..., :0] if x1 is None else _even_channels(x1.astype(bf))
+    bounds = full_bounds(x) if bounds is None else bounds.astype(jnp.int32)
+    co = kernel.shape[-1]
+    if epilogue is None:
+        head_w, head_b, mode = jnp.zeros((co,), f32), jnp.zeros((1,), f32), 0
+    else:
+        head_w, head_b, sigmoid = epilogue
+        mode = 2 if sigmoid else 1
+    out_dtype = bf if epilogue is None else f32
+    out = jax.ShapeDtypeStruct(x.shape[:-1] + ((co,) if epilogue is None else (1,)), out_dtype)
+    call = jax.ffi.ffi_call("deepcr_conv3x3_bf16", out, vmap_method="expand_dims")
+    args = (bias, alpha, beta, jnp.reshape(head_w, (-1,)), jnp.reshape(head_b, (-1,)))
+    return call(x, x1, bounds, w, *(a.astype(f32) for a in args), head=np.int32(mode),
+                path=np.int32(_PATH_CODES[path]))
+
+
+def upconv2x2_bf16(x: jax.Array, kernel: jax.Array, bias: jax.Array, *, path: str) -> jax.Array:
+    """:func:`upconv2x2` with bfloat16 input and weights, float32 sums, bfloat16 out."""
+    require()
+    bf = jnp.bfloat16
+    x = _even_channels(x.astype(bf))
+    w = pack_pairs(kernel, (kernel.shape[2],))
+    out = jax.ShapeDtypeStruct(x.shape[:-3] + (2 * x.shape[-3], 2 * x.shape[-2], kernel.shape[-1]), bf)
+    call = jax.ffi.ffi_call("deepcr_upconv2x2_bf16", out, vmap_method="expand_dims")
+    return call(x, w, bias.astype(jnp.float32), path=np.int32(_PATH_CODES[path]))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import binary_dilation
 
+from deepcr_jax.hst import SATURATION_GROW, SATURATION_LEVEL, check_box, saturation_mask
+
 __all__ = ["bleed_columns", "cr_truth_mask", "saturation_ignore"]
 
 
@@ -127,8 +129,13 @@ def cr_truth_mask(
     return seed | (near & (cr_charge > grow_snr * sigma))
 
 
-def saturation_ignore(image: np.ndarray, level: float = 70000.0, size: int = 7) -> np.ndarray:
+def saturation_ignore(
+    image: np.ndarray, level: float = SATURATION_LEVEL, size: int = SATURATION_GROW
+) -> np.ndarray:
     """Pixels to ignore: ``image >= level`` dilated by a ``size x size`` box.
+
+    The same rule as real frames get (:func:`deepcr_jax.hst.saturation_mask`,
+    without DQ).
 
     Parameters
     ----------
@@ -144,10 +151,4 @@ def saturation_ignore(image: np.ndarray, level: float = 70000.0, size: int = 7) 
     ndarray, shape (ny, nx), bool
         True where the pixel must be excluded from training/evaluation.
     """
-    image = _check_2d("image", image)
-    if int(size) != size or size < 1 or size % 2 == 0:
-        raise ValueError(f"size must be a positive odd integer, got {size!r}")
-    sat = image >= level
-    if size == 1 or not sat.any():
-        return sat
-    return binary_dilation(sat, structure=np.ones((size, size), dtype=bool))
+    return saturation_mask(_check_2d("image", image), level, check_box("size", size))

@@ -1,4 +1,7 @@
-"""The PyTorch reference (deepCR 0.3.1), loaded for every zoo model.
+"""The PyTorch reference (deepCR 0.3.1), loaded for every zoo model: for parity tests and benchmarks.
+
+Needs the `reference` extra (torch 2.13.0 and the packages deepCR imports) and
+`pip install --no-deps deepCR==0.3.1`; nothing else in the package imports it.
 
 deepCR's own registry knows only some of the shipped files; for the others
 the reference class is built for a registered model and its network replaced
@@ -15,7 +18,7 @@ import os
 
 def learned_models_root() -> str:
     spec = importlib.util.find_spec("learned_models")
-    return os.path.dirname(list(spec.submodule_search_locations)[0])
+    return os.path.dirname(next(iter(spec.submodule_search_locations)))
 
 
 @functools.cache

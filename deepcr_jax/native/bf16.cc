@@ -1,0 +1,429 @@
+// deepcr-jax native CPU kernels with bfloat16 inputs and weights, float32
+// accumulation, as XLA FFI handlers (x86-64).
+//
+// DeepcrConv3x3Bf16: the bfloat16 twin of DeepcrConv3x3AffineRelu
+// (conv3x3.cc): 3x3 'same' conv of [x0, x1] + bias, per-channel affine,
+// ReLU, zero outside each image's bounds, optional fused 1x1 head (+
+// sigmoid). x0, x1 and w are bfloat16; bias/alpha/beta/head are float32;
+// the sums run in float32 and the result is rounded once to bfloat16 (to
+// nearest even), or written as float32 by the head.
+// Layouts: x0 (..., H, W, C0), x1 (..., H, W, C1) with C0, C1 even; w
+// (3, 3, (C0 + C1) / 2, Co, 2): input channels in pairs, each output
+// channel's pair adjacent (the operand order of vdpbf16ps and of AMX's
+// B tiles); Co a multiple of 32.
+//
+// DeepcrUpConv2x2Bf16: the 2x2 stride-2 transposed convolution, bfloat16 in
+// and out, w (2, 2, Ci / 2, Co, 2), bias float32.
+//
+// Two instruction paths, chosen per call by the ``path`` attribute and
+// checked against the CPU at run time (CPUID, XGETBV, and for AMX the Linux
+// arch_prctl(ARCH_REQ_XCOMP_PERM) permission), never assumed from the
+// compile flags:
+//   1  AVX-512-BF16: a block of PB pixels x 32 output channels in 24 zmm
+//      accumulators; each vdpbf16ps multiplies a broadcast pair of input
+//      channels into 16 output channels (32 multiply-adds).
+//   2  AMX-BF16: interior blocks of 32 pixels x 32 output channels in four
+//      16x16 float32 tiles; A tiles are 16 pixels x 32 input channels read
+//      in place from NHWC (row stride = channels), B tiles 16 channel pairs
+//      x 16 output channels of the packed weights. The border columns and
+//      what is left of a row go through the AVX-512-BF16 code. Needs C0 and
+//      C1 multiples of 32 (else the call runs AVX-512-BF16 throughout).
+// The functions carry their own target attributes, so the file compiles on
+// any x86-64 machine with GCC >= 11 / Clang >= 12 whatever -march says; on
+// others (or other architectures) DeepcrCpuPaths() returns 0 and the
+// handlers refuse to run.
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "_shared.cc"
+#include "xla/ffi/api/ffi.h"
+
+#if defined(__x86_64__) && ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
+#define DEEPCR_X86_BF16 1
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using deepcr::leading;
+using deepcr::parallel_for;
+using deepcr::ROWS_PER_TASK;
+using deepcr::unit_leading;
+
+typedef uint16_t bf16;
+
+enum Path : int { kAvx512Bf16 = 1, kAmx = 2 };
+
+#if defined(DEEPCR_X86_BF16)
+
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
+#define AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,amx-tile,amx-bf16")))
+
+// Which paths this CPU and OS can run (bit mask of Path); asks Linux once for
+// the AMX tile-data permission.
+int detect_paths() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return 0;  // OSXSAVE
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  const uint64_t xcr0 = (static_cast<uint64_t>(hi) << 32) | lo;
+  if ((xcr0 & 0xE6) != 0xE6) return 0;  // SSE, AVX, opmask, ZMM state enabled by the OS
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+  const unsigned max_sub = a;
+  const bool f = b >> 16 & 1, bw = b >> 30 & 1, vl = b >> 31 & 1;
+  const bool amx_bf16 = d >> 22 & 1, amx_tile = d >> 24 & 1;
+  bool bf = false;
+  if (max_sub >= 1) {
+    unsigned a1, b1, c1, d1;
+    __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1);
+    bf = a1 >> 5 & 1;
+  }
+  int paths = 0;
+  if (f && bw && vl && bf) paths |= kAvx512Bf16;
+  if ((paths & kAvx512Bf16) && amx_bf16 && amx_tile && (xcr0 & 0x60000) == 0x60000) {
+    constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0) paths |= kAmx;
+  }
+  return paths;
+}
+
+#else
+int detect_paths() { return 0; }
+#endif
+
+int cpu_paths() {
+  static const int paths = detect_paths();
+  return paths;
+}
+
+struct ProblemBf16 {
+  const bf16* x0;
+  const bf16* x1;
+  const int32_t* bounds;
+  const bf16* w;  // (9, (C0 + C1) / 2, Co, 2)
+  const float* bias;
+  const float* alpha;
+  const float* beta;
+  const float* head_w;
+  float head_b;
+  int head;  // 0: y is bf16 (N, H, W, Co); 1: y = head, float32 (N, H, W, 1); 2: sigmoid(head)
+  void* y;
+  int64_t H, W, C0, C1, Co;
+  bool amx;
+};
+
+#if defined(DEEPCR_X86_BF16)
+
+constexpr int PB = 12;  // 24 accumulators + 2 weights (+ broadcasts) of 32 zmm registers
+
+inline int32_t pair(const bf16* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// NP pixels (pixel q at xp + q * C, C even) times the weights of their C / 2
+// channel pairs (wp: pair 0 of this 32-channel output block, pairs Co * 2 apart).
+template <int NP>
+BF16_TARGET __attribute__((always_inline)) inline void accumulate(const bf16* xp, int64_t C, const bf16* wp,
+                                                                  int64_t Co, __m512* a0, __m512* a1) {
+  const int64_t Cp = C >> 1;
+  for (int64_t i = 0; i < Cp; i++) {
+    const __m512bh w0 = (__m512bh)_mm512_loadu_si512(wp + 2 * i * Co);
+    const __m512bh w1 = (__m512bh)_mm512_loadu_si512(wp + 2 * i * Co + 32);
+#pragma GCC unroll 16
+    for (int q = 0; q < NP; q++) {
+      const __m512bh b = (__m512bh)_mm512_set1_epi32(pair(xp + q * C + 2 * i));
+      a0[q] = _mm512_dpbf16_ps(a0[q], b, w0);
+      a1[q] = _mm512_dpbf16_ps(a1[q], b, w1);
+    }
+  }
+}
+
+// bias, affine, ReLU on 32 channels of pixel ``pix`` (index in N*H*W); then
+// bf16 out, or the float32 1x1 head.
+BF16_TARGET inline void epilogue(const ProblemBf16& p, int64_t pix, int64_t o, __m512 a0, __m512 a1) {
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 t0 = _mm512_fmadd_ps(_mm512_add_ps(a0, _mm512_loadu_ps(p.bias + o)), _mm512_loadu_ps(p.alpha + o),
+                              _mm512_loadu_ps(p.beta + o));
+  __m512 t1 = _mm512_fmadd_ps(_mm512_add_ps(a1, _mm512_loadu_ps(p.bias + o + 16)),
+                              _mm512_loadu_ps(p.alpha + o + 16), _mm512_loadu_ps(p.beta + o + 16));
+  t0 = _mm512_max_ps(t0, zero);
+  t1 = _mm512_max_ps(t1, zero);
+  if (p.head == 0) {
+    bf16* y = static_cast<bf16*>(p.y) + pix * p.Co + o;
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y), (__m256i)_mm512_cvtneps_pbh(t0));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + 16), (__m256i)_mm512_cvtneps_pbh(t1));
+    return;
+  }
+  const __m512 s = _mm512_fmadd_ps(t1, _mm512_loadu_ps(p.head_w + 16), _mm512_mul_ps(t0, _mm512_loadu_ps(p.head_w)));
+  const float z = _mm512_reduce_add_ps(s) + p.head_b;
+  static_cast<float*>(p.y)[pix] = p.head == 2 ? 1.0f / (1.0f + std::exp(-z)) : z;
+}
+
+// AMX: interior blocks of 32 (then 16) pixels of row r from column c on, for
+// output channels [o, o + 32); returns the first column not done.
+AMX_TARGET __attribute__((noinline)) int64_t amx_blocks(const ProblemBf16& p, int64_t n, int64_t r, int64_t c,
+                                                        int64_t c_end, int64_t o, int ky0, int ky1) {
+  struct alignas(64) Config {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+  } cfg = {};
+  cfg.palette = 1;
+  for (int t = 0; t < 8; t++) cfg.colsb[t] = 64, cfg.rows[t] = 16;
+  _tile_loadconfig(&cfg);
+  const int64_t H = p.H, W = p.W, C0 = p.C0, C1 = p.C1, Co = p.Co, Cip = (C0 + C1) / 2;
+  const bf16* x0 = p.x0 + n * H * W * C0;
+  const bf16* x1 = p.x1 + n * H * W * C1;
+  alignas(64) float out[4][16][16];
+  const int64_t wstride = Co * 4;  // bytes between channel pairs of the packed weights
+  // tmm0..3: C (pixel block b, output half h) at 2b + h; tmm4, 5: A of pixel block 0, 1; tmm6, 7: B halves
+  for (int blk = 32; blk >= 16; blk -= 16) {
+    for (; c + blk <= c_end; c += blk) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int ky = ky0; ky < ky1; ky++) {
+        const int64_t pix = (r + ky - 1) * W + (c - 1);
+        for (int kx = 0; kx < 3; kx++) {
+          const bf16* wk = p.w + ((ky * 3 + kx) * Cip) * Co * 2 + o * 2;
+          for (int part = 0; part < 2; part++) {
+            const int64_t C = part ? C1 : C0;
+            const bf16* xs = (part ? x1 : x0) + (pix + kx) * C;
+            const bf16* ws = wk + (part ? C0 / 2 : 0) * Co * 2;
+            for (int64_t s = 0; s < C; s += 32) {
+              _tile_loadd(6, ws + (s / 2) * Co * 2, wstride);
+              _tile_loadd(7, ws + (s / 2) * Co * 2 + 32, wstride);
+              _tile_loadd(4, xs + s, C * 2);
+              _tile_dpbf16ps(0, 4, 6);
+              _tile_dpbf16ps(1, 4, 7);
+              if (blk == 32) {
+                _tile_loadd(5, xs + s + 16 * C, C * 2);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+              }
+            }
+          }
+        }
+      }
+      _tile_stored(0, out[0], 64);
+      _tile_stored(1, out[1], 64);
+      if (blk == 32) {
+        _tile_stored(2, out[2], 64);
+        _tile_stored(3, out[3], 64);
+      }
+      const int64_t base = (n * H + r) * W + c;
+      for (int b = 0; b < blk / 16; b++)
+        for (int m = 0; m < 16; m++)
+          epilogue(p, base + 16 * b + m, o, _mm512_load_ps(out[2 * b][m]), _mm512_load_ps(out[2 * b + 1][m]));
+    }
+  }
+  _tile_release();
+  return c;
+}
+
+BF16_TARGET void conv_row(const ProblemBf16& p, int64_t n, int64_t r) {
+  const int64_t H = p.H, W = p.W, C0 = p.C0, C1 = p.C1, Co = p.Co, Cip = (C0 + C1) / 2;
+  const int64_t Cy = p.head ? 1 : Co;
+  const size_t esize = p.head ? sizeof(float) : sizeof(bf16);
+  const int32_t* b = p.bounds + 4 * n;
+  const int64_t r0 = b[0], r1 = b[1], c0 = b[2], c1 = b[3];
+  char* yr = static_cast<char*>(p.y) + (n * H + r) * W * Cy * esize;
+  if (r < r0 || r >= r1 || c0 >= c1) {
+    std::memset(yr, 0, esize * W * Cy);
+    return;
+  }
+  std::memset(yr, 0, esize * c0 * Cy);
+  std::memset(yr + c1 * Cy * esize, 0, esize * (W - c1) * Cy);
+  const bf16* x0 = p.x0 + n * H * W * C0;
+  const bf16* x1 = p.x1 + n * H * W * C1;
+  const int ky0 = r - 1 < r0 ? 1 : 0, ky1 = r + 1 >= r1 ? 2 : 3;
+  const int64_t row = (n * H + r) * W;
+  for (int64_t o = 0; o < Co; o += 32) {
+    int64_t c = c0 + 1;
+    if (p.amx) c = amx_blocks(p, n, r, c, c1 - 1, o, ky0, ky1);
+    for (; c + PB <= c1 - 1; c += PB) {
+      __m512 acc0[PB], acc1[PB];
+      for (int q = 0; q < PB; q++) acc0[q] = acc1[q] = _mm512_setzero_ps();
+      for (int ky = ky0; ky < ky1; ky++) {
+        const int64_t pix = (r + ky - 1) * W + (c - 1);
+        for (int kx = 0; kx < 3; kx++) {
+          const bf16* wp = p.w + ((ky * 3 + kx) * Cip) * Co * 2 + o * 2;
+          accumulate<PB>(x0 + (pix + kx) * C0, C0, wp, Co, acc0, acc1);
+          if (C1) accumulate<PB>(x1 + (pix + kx) * C1, C1, wp + C0 * Co, Co, acc0, acc1);
+        }
+      }
+      for (int q = 0; q < PB; q++) epilogue(p, row + c + q, o, acc0[q], acc1[q]);
+    }
+    // the first column, the columns left over by the blocks, and the last
+    for (int64_t cc = c0; cc < c1; cc++) {
+      if (cc >= c0 + 1 && cc < c) continue;
+      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+      for (int ky = ky0; ky < ky1; ky++) {
+        for (int kx = 0; kx < 3; kx++) {
+          const int64_t xc = cc + kx - 1;
+          if (xc < c0 || xc >= c1) continue;
+          const int64_t pix = (r + ky - 1) * W + xc;
+          const bf16* wp = p.w + ((ky * 3 + kx) * Cip) * Co * 2 + o * 2;
+          accumulate<1>(x0 + pix * C0, C0, wp, Co, &a0, &a1);
+          if (C1) accumulate<1>(x1 + pix * C1, C1, wp + C0 * Co, Co, &a0, &a1);
+        }
+      }
+      epilogue(p, row + cc, o, a0, a1);
+    }
+  }
+}
+
+// y[n, 2r+a, 2c+b, :] = bias + x[n, r, c, :] . w[a, b]
+BF16_TARGET void upconv_row(const bf16* x, const bf16* w, const float* bias, bf16* y, int64_t w_in, int64_t Ci,
+                            int64_t Co) {
+  const int64_t Wo = 2 * w_in, Cip = Ci / 2;
+  for (int a = 0; a < 2; a++) {
+    bf16* yr = y + a * Wo * Co;
+    for (int bx = 0; bx < 2; bx++) {
+      const bf16* wk = w + ((a * 2 + bx) * Cip) * Co * 2;
+      for (int64_t o = 0; o < Co; o += 32) {
+        const __m512 b0 = _mm512_loadu_ps(bias + o), b1 = _mm512_loadu_ps(bias + o + 16);
+        auto put = [&](int64_t c, __m512 v0, __m512 v1) {
+          bf16* yp = yr + (2 * c + bx) * Co + o;
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(yp), (__m256i)_mm512_cvtneps_pbh(v0));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(yp + 16), (__m256i)_mm512_cvtneps_pbh(v1));
+        };
+        int64_t c = 0;
+        for (; c + PB <= w_in; c += PB) {
+          __m512 acc0[PB], acc1[PB];
+          for (int q = 0; q < PB; q++) acc0[q] = b0, acc1[q] = b1;
+          accumulate<PB>(x + c * Ci, Ci, wk + o * 2, Co, acc0, acc1);
+          for (int q = 0; q < PB; q++) put(c + q, acc0[q], acc1[q]);
+        }
+        for (; c < w_in; c++) {
+          __m512 a0 = b0, a1 = b1;
+          accumulate<1>(x + c * Ci, Ci, wk + o * 2, Co, &a0, &a1);
+          put(c, a0, a1);
+        }
+      }
+    }
+  }
+}
+
+#endif  // DEEPCR_X86_BF16
+
+ffi::Error check_path(int32_t path) {
+  if (path != kAvx512Bf16 && path != kAmx) return ffi::Error::InvalidArgument("path must be 1 (AVX-512-BF16) or 2 (AMX)");
+  if (!(cpu_paths() & path)) return ffi::Error::InvalidArgument("this CPU cannot run the requested bf16 path");
+  return ffi::Error::Success();
+}
+
+ffi::Error Conv3x3Bf16(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x0, ffi::Buffer<ffi::BF16> x1,
+                       ffi::Buffer<ffi::S32> bounds, ffi::Buffer<ffi::BF16> w, ffi::Buffer<ffi::F32> bias,
+                       ffi::Buffer<ffi::F32> alpha, ffi::Buffer<ffi::F32> beta, ffi::Buffer<ffi::F32> head_w,
+                       ffi::Buffer<ffi::F32> head_b, ffi::Result<ffi::AnyBuffer> y, int32_t head, int32_t path) {
+  if (ffi::Error e = check_path(path); e.failure()) return e;
+  const auto d0 = x0.dimensions(), d1 = x1.dimensions(), wd = w.dimensions();
+  if (d0.size() < 3 || d1.size() != d0.size()) return ffi::Error::InvalidArgument("x0, x1 must be (..., H, W, C)");
+  const bool no_x1 = d1[d1.size() - 1] == 0;
+  for (size_t k = 0; k + 1 < d0.size() && !no_x1; k++)
+    if (d1[k] != d0[k]) return ffi::Error::InvalidArgument("x1 must match x0 but for its channels");
+  const size_t k = wd.size();
+  if (!unit_leading(wd, 5) || wd[k - 5] != 3 || wd[k - 4] != 3 || wd[k - 1] != 2)
+    return ffi::Error::InvalidArgument("w must be (3, 3, Ci / 2, Co, 2) (weights cannot be batched)");
+  const int64_t H = d0[d0.size() - 3], W = d0[d0.size() - 2];
+  const int64_t C0 = d0[d0.size() - 1], C1 = d1[d1.size() - 1], Co = wd[k - 2];
+  if (C0 % 2 || C1 % 2) return ffi::Error::InvalidArgument("input channels must be even");
+  if (2 * wd[k - 3] != C0 + C1) return ffi::Error::InvalidArgument("w's input channels differ from x0's + x1's");
+  if (Co % 32 != 0) return ffi::Error::InvalidArgument("output channels must be a multiple of 32");
+  if (bias.element_count() != static_cast<size_t>(Co) || alpha.element_count() != static_cast<size_t>(Co) ||
+      beta.element_count() != static_cast<size_t>(Co))
+    return ffi::Error::InvalidArgument("bias, alpha and beta must have Co elements");
+  if (head < 0 || head > 2) return ffi::Error::InvalidArgument("head must be 0, 1 or 2");
+  if (head && (Co != 32 || head_w.element_count() != 32 || head_b.element_count() != 1))
+    return ffi::Error::InvalidArgument("a fused head needs Co == 32, head_w (32,) and head_b (1,)");
+  if (y->element_type() != (head ? ffi::DataType::F32 : ffi::DataType::BF16))
+    return ffi::Error::InvalidArgument("y must be bf16, or float32 with a head");
+  const int64_t n = leading(d0, 3);
+  if (bounds.element_count() != static_cast<size_t>(4 * n))
+    return ffi::Error::InvalidArgument("bounds must be (..., 4), one row per image");
+  if (n * H * W == 0) return ffi::Error::Success();
+  for (int64_t j = 0; j < n; j++) {
+    const int32_t* b = bounds.typed_data() + 4 * j;
+    if (b[0] < 0 || b[1] > H || b[2] < 0 || b[3] > W)
+      return ffi::Error::InvalidArgument("bounds must lie inside the image");
+  }
+#if defined(DEEPCR_X86_BF16)
+  const ProblemBf16 p{x0.typed_data(), x1.typed_data(), bounds.typed_data(), w.typed_data(),
+                      bias.typed_data(), alpha.typed_data(), beta.typed_data(), head_w.typed_data(),
+                      head ? head_b.typed_data()[0] : 0.0f, head, y->untyped_data(), H, W, C0, C1, Co,
+                      path == kAmx && C0 % 32 == 0 && C1 % 32 == 0};
+  parallel_for(pool, n * H, ROWS_PER_TASK, [&p, H](int64_t k) { conv_row(p, k / H, k % H); });
+  return ffi::Error::Success();
+#else
+  return ffi::Error::InvalidArgument("bf16 kernels not compiled for this machine");
+#endif
+}
+
+ffi::Error UpConv2x2Bf16(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
+                         ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::BF16> y, int32_t path) {
+  if (ffi::Error e = check_path(path); e.failure()) return e;
+  const auto xd = x.dimensions(), wd = w.dimensions();
+  const size_t k = wd.size();
+  if (xd.size() < 3) return ffi::Error::InvalidArgument("x must be (..., h, w, Ci)");
+  if (!unit_leading(wd, 5) || wd[k - 5] != 2 || wd[k - 4] != 2 || wd[k - 1] != 2)
+    return ffi::Error::InvalidArgument("w must be (2, 2, Ci / 2, Co, 2) (weights cannot be batched)");
+  const int64_t h = xd[xd.size() - 3], wi = xd[xd.size() - 2], Ci = xd[xd.size() - 1], Co = wd[k - 2];
+  if (Ci % 2 || 2 * wd[k - 3] != Ci) return ffi::Error::InvalidArgument("w's input channels differ from x's (even)");
+  if (Co % 32 != 0) return ffi::Error::InvalidArgument("output channels must be a multiple of 32");
+  if (bias.element_count() != static_cast<size_t>(Co)) return ffi::Error::InvalidArgument("bias must have Co elements");
+  const int64_t rows = leading(xd, 3) * h;
+  if (rows * wi == 0) return ffi::Error::Success();
+#if defined(DEEPCR_X86_BF16)
+  const bf16 *xp = x.typed_data(), *wp = w.typed_data();
+  const float* bp = bias.typed_data();
+  bf16* yp = y->typed_data();
+  parallel_for(pool, rows, ROWS_PER_TASK, [=](int64_t r) {
+    upconv_row(xp + r * wi * Ci, wp, bp, yp + r * 4 * wi * Co, wi, Ci, Co);
+  });
+  return ffi::Error::Success();
+#else
+  return ffi::Error::InvalidArgument("bf16 kernels not compiled for this machine");
+#endif
+}
+
+}  // namespace
+
+// Bit mask of the bf16 paths this CPU runs: 1 AVX-512-BF16, 2 AMX-BF16 (its
+// arch_prctl permission requested on the first call).
+extern "C" __attribute__((visibility("default"))) int DeepcrCpuPaths() { return cpu_paths(); }
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DeepcrConv3x3Bf16, Conv3x3Bf16,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()  // x0
+                                  .Arg<ffi::Buffer<ffi::BF16>>()  // x1 (may have 0 channels)
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // bounds
+                                  .Arg<ffi::Buffer<ffi::BF16>>()  // w, packed in channel pairs
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // bias
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // alpha
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // beta
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // head_w
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // head_b
+                                  .Ret<ffi::AnyBuffer>()          // y: bf16, or float32 with a head
+                                  .Attr<int32_t>("head")
+                                  .Attr<int32_t>("path"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DeepcrUpConv2x2Bf16, UpConv2x2Bf16,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()  // x
+                                  .Arg<ffi::Buffer<ffi::BF16>>()  // w, packed in channel pairs
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // bias
+                                  .Ret<ffi::Buffer<ffi::BF16>>()  // y
+                                  .Attr<int32_t>("path"));
