@@ -68,7 +68,7 @@ def create_state(config: TrainConfig, key: jax.Array) -> dict[str, Any]:
     module = make_module(config)
     k_init, _ = jax.random.split(key)
     x = jnp.zeros((1, 4 * 2 ** config.depth, 4 * 2 ** config.depth, config.in_channels), jnp.float32)
-    variables = module.init(k_init, x, train=False)
+    variables = jax.jit(lambda k: module.init(k, x, train=False))(k_init)  # one compilation, not one per layer
     params = variables["params"]
     stats = variables.get("batch_stats", {})
     if config.init:
