@@ -158,7 +158,7 @@ def _coerce(name: str, value: Any) -> Any:
             raise ValueError(f"config field {name} must be float; got {value!r}")
         return float(value)
     if not isinstance(value, str):
-        raise ValueError(f"config field {name} must be str; got {value!r}")
+        raise ValueError(f"config field {name} must be str; got {value!r}")  # noqa: TRY004
     return value
 
 
@@ -189,22 +189,22 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
 # presets: the paper's recipes (Appendix A) and their smoke variants
 
 _PRESETS: dict[str, dict[str, Any]] = {
-    "mask_2_4": dict(kind="mask", depth=2, hidden=4, lr=0.005, bn_epochs=20),
-    "mask_2_32": dict(kind="mask", depth=2, hidden=32, lr=0.005, bn_epochs=20),
+    "mask_2_4": {"kind": "mask", "depth": 2, "hidden": 4, "lr": 0.005, "bn_epochs": 20},
+    "mask_2_32": {"kind": "mask", "depth": 2, "hidden": 32, "lr": 0.005, "bn_epochs": 20},
     # inpainting networks see e-/100, as the zoo's inpainting models do
-    "inpaint_2_32": dict(kind="inpaint", depth=2, hidden=32, lr=0.01, bn_epochs=40, scale=100.0),
-    "inpaint_3_32": dict(kind="inpaint", depth=3, hidden=32, lr=0.01, bn_epochs=40, scale=100.0),
+    "inpaint_2_32": {"kind": "inpaint", "depth": 2, "hidden": 32, "lr": 0.01, "bn_epochs": 40, "scale": 100.0},
+    "inpaint_3_32": {"kind": "inpaint", "depth": 3, "hidden": 32, "lr": 0.01, "bn_epochs": 40, "scale": 100.0},
     # fine-tuning the zoo's ACS-WFC: lr / 10, BatchNorm frozen from the start (its running statistics kept)
-    "finetune": dict(kind="mask", depth=2, hidden=32, lr=0.0005, bn_epochs=0, init="ACS-WFC", epochs_max=50),
+    "finetune": {"kind": "mask", "depth": 2, "hidden": 32, "lr": 0.0005, "bn_epochs": 0, "init": "ACS-WFC", "epochs_max": 50},
 }
 
 #: What a smoke variant changes: tiny network, data and epochs (seconds on a CPU).
-_SMOKE: dict[str, Any] = dict(
-    hidden=4, batch_size=4, crop=32, epochs_max=3, bn_epochs=1, sim_n=24, sim_shape=32,
-    val_fraction=0.25, plot_every=0, progress=False, patience=1,
-)
+_SMOKE: dict[str, Any] = {
+    "hidden": 4, "batch_size": 4, "crop": 32, "epochs_max": 3, "bn_epochs": 1, "sim_n": 24, "sim_shape": 32,
+    "val_fraction": 0.25, "plot_every": 0, "progress": False, "patience": 1,
+}
 _SMOKE_PER_PRESET: dict[str, dict[str, Any]] = {
-    "finetune": dict(hidden=4, init="ACS-WFC-F606W-2-4", scale=100.0, bn_epochs=0),
+    "finetune": {"hidden": 4, "init": "ACS-WFC-F606W-2-4", "scale": 100.0, "bn_epochs": 0},
 }
 
 #: Names accepted by :func:`get_config` (each also as ``NAME.smoke``).

@@ -251,7 +251,7 @@ def split_by_group(ds: Dataset, val_fraction: float, seed: int) -> tuple[Dataset
     if len(groups) < 2:
         raise ValueError(f"the dataset has {len(groups)} group(s); a train/validation split by group needs >= 2")
     perm = np.random.default_rng([seed, 1]).permutation(groups)
-    n_val = min(max(1, int(round(val_fraction * len(groups)))), len(groups) - 1)
+    n_val = min(max(1, round(val_fraction * len(groups))), len(groups) - 1)
     is_val = np.isin(ds.group, perm[:n_val])
     return ds.subset(np.flatnonzero(~is_val)), ds.subset(np.flatnonzero(is_val))
 
@@ -385,7 +385,7 @@ class Prefetcher:
                         continue
                 if self._stop.is_set():
                     return
-        except BaseException as err:  # handed to the consumer
+        except BaseException as err:  # noqa: BLE001 - re-raised in the consumer's thread
             self._error = err
         self._q.put(self._END)
 

@@ -70,6 +70,15 @@ def _to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def _flush(host: dict[str, Any], pending: list[dict]) -> None:
+    """Add the pending step metrics to the epoch's running sums (float64, in step order)."""
+    for m in pending:
+        c = float(m["count"])
+        host["loss_sum"] += float(m["loss"]) * c
+        host["loss_count"] += c
+    pending.clear()
+
+
 def _prepare_workdir(config: TrainConfig, workdir: str, overwrite: bool, resume: bool, primary: bool) -> None:
     try:
         os.makedirs(workdir, exist_ok=True)
@@ -240,13 +249,6 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overw
                    disable=not (config.progress and primary))
         pending: list[dict] = []
 
-        def flush():
-            for m in pending:
-                c = float(m["count"])
-                host["loss_sum"] += float(m["loss"]) * c
-                host["loss_count"] += c
-            pending.clear()
-
         prefetch = data_lib.Prefetcher(it.iterate(epoch, host["batch"]))
         try:
             for b, local in prefetch:
@@ -257,15 +259,15 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overw
                 host["batch"] = b + 1
                 bar.update(1)
                 if len(pending) >= 10:
-                    flush()
+                    _flush(host, pending)
                     bar.set_postfix(loss=f"{host['loss_sum'] / max(host['loss_count'], 1):.4g}", lr=f"{plateau.lr:.2g}")
                 k = config.checkpoint_every_steps
                 if k and host["step"] % k == 0 and b + 1 < it.steps_per_epoch:
-                    flush()
+                    _flush(host, pending)
                     ckpts.save(host["step"], state, host)
         finally:
             prefetch.close()
-        flush()
+        _flush(host, pending)
         train_loss = host["loss_sum"] / max(host["loss_count"], 1.0)
         val_loss, scores, out = _validate(config, state, eval_step, val_local, val_global, mesh, val_key)
         lr_used = plateau.lr

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["bce_with_ignore", "bce_terms", "inpaint_mse", "inpaint_terms"]
+__all__ = ["bce_terms", "bce_with_ignore", "inpaint_mse", "inpaint_terms"]
 
 
 def bce_terms(logits: jax.Array, cr: jax.Array, ignore: jax.Array) -> tuple[jax.Array, jax.Array]:
