@@ -41,8 +41,8 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 
 def _check_same_tree(init: Any, loaded: Any, source: str) -> None:
-    a = {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(init)}
-    b = {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(loaded)}
+    a = {jax.tree_util.keystr(p): tuple(getattr(v, "shape", np.shape(v))) for p, v in jax.tree_util.tree_leaves_with_path(init)}
+    b = {jax.tree_util.keystr(p): tuple(getattr(v, "shape", np.shape(v))) for p, v in jax.tree_util.tree_leaves_with_path(loaded)}
     problems = [f"missing {k}" for k in sorted(set(a) - set(b))]
     problems += [f"unexpected {k}" for k in sorted(set(b) - set(a))]
     problems += [f"{k} has shape {b[k]}; expected {a[k]}" for k in sorted(set(a) & set(b)) if a[k] != b[k]]
@@ -66,27 +66,32 @@ def create_state(config: TrainConfig, key: jax.Array) -> dict[str, Any]:
         ``{"params", "batch_stats", "opt", "step", "rng"}`` on the default device.
     """
     module = make_module(config)
-    k_init, _ = jax.random.split(key)
-    x = jnp.zeros((1, 4 * 2 ** config.depth, 4 * 2 ** config.depth, config.in_channels), jnp.float32)
-    variables = jax.jit(lambda k: module.init(k, x, train=False))(k_init)  # one compilation, not one per layer
-    params = variables["params"]
-    stats = variables.get("batch_stats", {})
+    tx = make_optimizer(config)
+    side = 4 * 2 ** config.depth
+    x = jnp.zeros((1, side, side, config.in_channels), jnp.float32)
+    loaded = None
     if config.init:
         from deepcr_jax.training.export import load_init_variables
 
         loaded = load_init_variables(config)
-        _check_same_tree(params, loaded["params"], config.init)
-        _check_same_tree(stats, loaded.get("batch_stats", {}), config.init)
-        params = jax.tree.map(jnp.asarray, loaded["params"])
-        stats = jax.tree.map(jnp.asarray, loaded.get("batch_stats", {}))
-    opt = make_optimizer(config).init(params)
-    return {
-        "params": params,
-        "batch_stats": stats,
-        "opt": opt,
-        "step": jnp.zeros((), jnp.int32),
-        "rng": jax.random.key_data(key),
-    }
+
+    @jax.jit
+    def build(key, loaded):
+        # one compilation for everything; every leaf its own fresh buffer (the step donates the state)
+        k_init, _ = jax.random.split(key)
+        variables = module.init(k_init, x, train=False)
+        params, stats = variables["params"], variables.get("batch_stats", {})
+        if loaded is not None:
+            params = jax.tree.map(jnp.asarray, loaded["params"])
+            stats = jax.tree.map(jnp.asarray, loaded.get("batch_stats", {}))
+        return {"params": params, "batch_stats": stats, "opt": tx.init(params),
+                "step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(key)}
+
+    if loaded is not None:
+        shapes = jax.eval_shape(lambda k: module.init(k, x, train=False), key)
+        _check_same_tree(shapes["params"], loaded["params"], config.init)
+        _check_same_tree(shapes.get("batch_stats", {}), loaded.get("batch_stats", {}), config.init)
+    return build(key, loaded)
 
 
 def step_key(state: dict[str, Any], step: int) -> jax.Array:
