@@ -63,7 +63,8 @@ def test_cr_masks_match_truth(field, n):
     ign = builder.exposure_ignore(sub["image"])
     cr = builder.detect_crs(sub["image"], readnoise=READNOISE, ignore=ign)
     tpr, fpr, fpr_free = _rates(cr, sub)
-    print(f"\nbuilder vs truth, {n} exposures: TPR {tpr:.4f}  FPR {fpr:.2e}  FPR(no CR charge) {fpr_free:.2e}")
+    print(f"\nbuilder vs truth, {n} exposures: TPR {tpr:.4f}  FPR {fpr:.2e}  "
+          f"FPR(no CR charge) {fpr_free:.2e}")
     assert tpr > 0.92
     assert fpr < 2.5e-3
     assert fpr_free < 6e-4

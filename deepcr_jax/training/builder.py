@@ -79,6 +79,9 @@ STAMP_SIZE, BORDER = 256, 128
 class TrainingStamps:
     """Training stamps cut from the exposures of one or more fields.
 
+    For the training pipeline: ``deepcr_jax.training.data.from_arrays(s.image,
+    s.cr, s.ignore, s.sky, s.group)`` (the split then keeps fields apart).
+
     Attributes
     ----------
     image : ndarray, (n, s, s), float32
@@ -145,7 +148,8 @@ class TrainingStamps:
 
 def _stack(images: ArrayLike | Sequence[ArrayLike], min_exposures: int) -> np.ndarray:
     """(n, ny, nx) float32 copy of the exposures, with named errors."""
-    if isinstance(min_exposures, bool) or not isinstance(min_exposures, (int, np.integer)) or min_exposures < 1:
+    if isinstance(min_exposures, bool) or not isinstance(min_exposures, (int, np.integer)) \
+            or min_exposures < 1:
         raise ValueError(f"min_exposures must be an int >= 2; got {min_exposures!r}")
     if isinstance(images, np.ndarray):
         frames = list(images) if images.ndim == 3 else [images]
@@ -174,7 +178,8 @@ def _stack(images: ArrayLike | Sequence[ArrayLike], min_exposures: int) -> np.nd
     return np.stack([np.asarray(f, np.float32) for f in frames])
 
 
-def _per_exposure(name: str, value: ArrayLike | None, n: int, *, allow_zero: bool = True) -> np.ndarray | None:
+def _per_exposure(name: str, value: ArrayLike | None, n: int, *,
+                  allow_zero: bool = True) -> np.ndarray | None:
     """A scalar or (n,) parameter as a finite float64 (n,) array."""
     if value is None:
         return None
@@ -185,7 +190,8 @@ def _per_exposure(name: str, value: ArrayLike | None, n: int, *, allow_zero: boo
     if a.ndim == 0:
         a = np.full(n, float(a))
     if a.shape != (n,):
-        raise ValueError(f"{name} must be a number or have shape ({n},), one per exposure; got shape {a.shape}")
+        raise ValueError(
+            f"{name} must be a number or have shape ({n},), one per exposure; got shape {a.shape}")
     if not np.all(np.isfinite(a)) or np.any(a < 0) or (not allow_zero and np.any(a == 0)):
         cmp = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite and {cmp}; got {a.tolist()}")
@@ -195,7 +201,9 @@ def _per_exposure(name: str, value: ArrayLike | None, n: int, *, allow_zero: boo
 def _masks(name: str, value: ArrayLike | None, shape: tuple[int, ...]) -> np.ndarray | None:
     if value is None:
         return None
-    a = np.asarray(value if not isinstance(value, (list, tuple)) else np.stack([np.asarray(v) for v in value]))
+    if isinstance(value, (list, tuple)):
+        value = np.stack([np.asarray(v) for v in value])
+    a = np.asarray(value)
     if a.shape != shape:
         raise ValueError(f"{name} must have the shape of the image stack {shape}; got {a.shape}")
     return a
@@ -245,7 +253,8 @@ def exposure_ignore(
     dq = _masks("dq", dq, x.shape)
     if dq is not None and not np.issubdtype(dq.dtype, np.integer):
         raise TypeError(f"dq must hold integers; got dtype {dq.dtype}")
-    if isinstance(dq_ignore_bits, bool) or not isinstance(dq_ignore_bits, (int, np.integer)) or dq_ignore_bits < 0:
+    if isinstance(dq_ignore_bits, bool) or not isinstance(dq_ignore_bits, (int, np.integer)) \
+            or dq_ignore_bits < 0:
         raise ValueError(f"dq_ignore_bits must be a non-negative integer bit mask; got {dq_ignore_bits!r}")
     if saturation is not None and not (np.isfinite(saturation) and saturation > 0):
         raise ValueError(f"saturation must be a positive number or None; got {saturation!r}")
@@ -281,7 +290,8 @@ _MEDIAN_VAR = np.array([1.0, 1.0, 1.0, 1.349, 1.193, 1.436, 1.302, 1.474, 1.367]
 
 def _median_var_factor(k: np.ndarray) -> np.ndarray:
     """``var(median of k) / sigma**2`` (pi/2/k beyond the table); inf for k = 0."""
-    c = np.where(k < _MEDIAN_VAR.size, _MEDIAN_VAR[np.minimum(k, _MEDIAN_VAR.size - 1)], np.float32(np.pi / 2))
+    table = _MEDIAN_VAR[np.minimum(k, _MEDIAN_VAR.size - 1)]
+    c = np.where(k < _MEDIAN_VAR.size, table, np.float32(np.pi / 2))
     with np.errstate(divide="ignore"):
         return c / k.astype(np.float32)
 
@@ -345,7 +355,8 @@ def _detect(x, ignore, readnoise, sky, exptime, seed_snr, grow_snr, grow_radius,
 
 def _check_rule(seed_snr, grow_snr, grow_radius, iterations):
     for name, v in (("seed_snr", seed_snr), ("grow_snr", grow_snr)):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not (np.isfinite(v) and v > 0):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) \
+                or not (np.isfinite(v) and v > 0):
             raise ValueError(f"{name} must be a positive number; got {v!r}")
     return _int_arg("grow_radius", grow_radius, 0), _int_arg("iterations", iterations, 1)
 
@@ -560,7 +571,8 @@ def build_stamps(
         x[bad] = fill[bad]
     s = stamp_size
     k = len(origins)
-    out = {name: np.empty((n * k, s, s), dt) for name, dt in (("image", np.float32), ("cr", bool), ("ignore", bool))}
+    kinds = (("image", np.float32), ("cr", bool), ("ignore", bool))
+    out = {name: np.empty((n * k, s, s), dt) for name, dt in kinds}
     for i in range(n):
         for m, (y0, x0) in enumerate(origins):
             win = (i, slice(y0, y0 + s), slice(x0, x0 + s))
