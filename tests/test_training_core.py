@@ -62,7 +62,7 @@ def test_bce_with_ignore_hand_computed():
     ign = jnp.array([[[0.0, 0.0], [0.0, 1.0]]])
     expected = -(math.log(0.9) + math.log(0.8) + math.log(0.4)) / 3  # denominator 3, not 4
     np.testing.assert_allclose(float(losses.bce_with_ignore(logits, cr, ign)), expected, rtol=1e-6)
-    total, count = losses.bce_terms(logits, cr, ign)
+    _total, count = losses.bce_terms(logits, cr, ign)
     assert float(count) == 3.0
     # stable for huge logits
     big = jnp.array([[[80.0, -80.0]]])
@@ -216,7 +216,7 @@ def test_split_by_group_and_iterator(tmp_path):
     ds = data.from_arrays(img, cr, group=group)
     tr, va = data.split_by_group(ds, 0.25, seed=3)
     assert len(va) == 3 and not set(tr.group) & set(va.group)
-    tr2, va2 = data.split_by_group(ds, 0.25, seed=3)
+    _tr2, va2 = data.split_by_group(ds, 0.25, seed=3)
     np.testing.assert_array_equal(va.image, va2.image)
     it = data.EpochIterator(tr, 4, 8, seed=1)
     a, b_ = it.batch(0, 1), it.batch(0, 1)
@@ -253,11 +253,11 @@ def test_bn_phase_switch(key):
     cfg = get_config("mask_2_4.smoke")
     state = create_state(cfg, key)
     batch = _batch(cfg)
-    st1, m1 = make_train_step(cfg)(jax.tree.map(jnp.copy, state), batch, key)
+    st1, _m1 = make_train_step(cfg)(jax.tree.map(jnp.copy, state), batch, key)
     moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), st1["batch_stats"], state["batch_stats"])
     assert max(jax.tree.leaves(moved)) > 0  # phase 1 updates the running statistics
     stats = jax.tree.map(np.asarray, st1["batch_stats"])
-    st2, m2 = make_train_step(cfg, bn_frozen=True)(st1, batch, key)
+    st2, _m2 = make_train_step(cfg, bn_frozen=True)(st1, batch, key)
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, st2["batch_stats"]), stats)
     assert int(st2["step"]) == 2
     # phase 2's loss is the eval-mode (running statistics) loss of the same augmented batch
