@@ -9,7 +9,15 @@ cores), after a warm-up; best and median of repeats are reported, with
 deepCR runs on the GPU too (``device="GPU"``) and a batched, on-device torch
 forward is added. Results: benchmarks/results/<stem>.{md,json}.
 
-    python benchmarks/bench_speed.py [--quick] [--repeats 3] [--batches 1,10] [--bf16] [--stem speed]
+Each row names the instruction path it ran (deepcr-jax: ``Engine.isa``, the
+native kernels' ``fp32`` / ``avx512bf16`` / ``amx`` path, or XLA; torch:
+oneDNN fp32 or bf16 autocast) and its fraction of this machine's measured
+peak: a large float32 matmul (numpy) for float32 rows, a large bfloat16
+matmul (torch, oneDNN: AMX where the CPU has it) for bf16 rows. On CPU the
+bfloat16 rows (deepcr-jax ``dtype="bfloat16"``, deepCR under
+``torch.autocast("cpu", dtype=torch.bfloat16)``) run unless ``--no-bf16``.
+
+    python benchmarks/bench_speed.py [--quick] [--repeats 3] [--batches 1,10] [--no-bf16] [--stem speed]
 """
 
 from __future__ import annotations
@@ -27,6 +35,41 @@ from _common import machine, timeit, write_results
 import deepcr_jax
 from deepcr_jax.simulate import make_stamps, simulate_chip, simulate_exposure
 
+#: peer name -> (instruction path, "fp32" | "bf16"), filled as the peers are built
+PATHS: dict[str, tuple[str, str]] = {}
+
+
+def peak_gflops(kind: str, n: int = 4096, repeats: int = 5) -> float:
+    """This machine's achievable peak, GFLOP/s: best of ``repeats`` n x n matmuls, all cores.
+
+    ``"fp32"``: numpy float32 matmul (its BLAS); ``"bf16"``: torch bfloat16
+    matmul (oneDNN; AMX tiles where the CPU has them).
+    """
+    import time
+
+    if kind == "fp32":
+        a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+        fn = lambda: a @ a
+    else:
+        import torch
+
+        torch.set_num_threads(os.cpu_count())
+        a = torch.randn(n, n).to(torch.bfloat16)
+        fn = lambda: torch.mm(a, a)
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def _jax_path(cleaner, which: str = "mask", tile: int = 256) -> tuple[str, str]:
+    e = cleaner.engine(which, tile)
+    kind = "fp32" if np.dtype(e.dtype) == np.float32 else "bf16"
+    return (f"native {e.isa}" if e.isa else "XLA"), kind
+
 
 #: multiply-adds x 2 per pixel of the 2-32 mask network (3x3 convs dominate)
 def flops_per_pixel(depth: int, hidden: int, cin: int = 1) -> float:
@@ -41,7 +84,7 @@ def flops_per_pixel(depth: int, hidden: int, cin: int = 1) -> float:
 
 
 def torch_peers(model: str, stamps: np.ndarray, inpaint: str | None, masks: np.ndarray | None,
-                device: str = "CPU"):
+                device: str = "CPU", bf16: bool = False):
     """The reference: its documented clean() loop and its best tuned forward.
 
     On "GPU" the tuned forward's inputs are already on the device (its best
@@ -56,6 +99,7 @@ def torch_peers(model: str, stamps: np.ndarray, inpaint: str | None, masks: np.n
     torch.set_num_threads(os.cpu_count())
     ref = reference(model, inpaint, device)
     out = {}
+    onednn = "cuDNN" if gpu else "oneDNN"
     if inpaint is None:
         out["deepCR clean() loop"] = lambda: [ref.clean(s) for s in stamps]
         net = ref.maskNet.module
@@ -76,6 +120,18 @@ def torch_peers(model: str, stamps: np.ndarray, inpaint: str | None, masks: np.n
         sync()
 
     out["deepCR tuned forward (no_grad, channels_last, batch 1)"] = tuned
+    for name in out:
+        PATHS[name] = (f"torch {onednn} fp32", "fp32")
+    if bf16 and not gpu:
+
+        def autocast():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                for x in xs:
+                    net(x)
+
+        name = "deepCR tuned forward, bf16 autocast (no_grad, channels_last, batch 1)"
+        out[name] = autocast
+        PATHS[name] = ("torch oneDNN bf16 autocast", "bf16")
     if gpu:
         torch.backends.cudnn.benchmark = True
         xb = torch.cat(xs).contiguous(memory_format=torch.channels_last)
@@ -94,6 +150,8 @@ def torch_peers(model: str, stamps: np.ndarray, inpaint: str | None, masks: np.n
 def astroscrappy_peer(stamps: np.ndarray, ignore: np.ndarray):
     import astroscrappy
 
+    PATHS["astroscrappy (LACosmic, all cores)"] = ("astroscrappy C", "-")
+
     def run():
         for s, ign in zip(stamps, ignore):
             astroscrappy.detect_cosmics(s, inmask=ign, sigclip=4.5, sigfrac=0.3, objlim=2, niter=4,
@@ -101,15 +159,22 @@ def astroscrappy_peer(stamps: np.ndarray, ignore: np.ndarray):
     return run
 
 
-def jax_peers(model: str, stamps: np.ndarray, inpaint: str | None, masks, tile: int, batches=(1,)):
+def jax_peers(model: str, stamps: np.ndarray, inpaint: str | None, masks, tile: int, batches=(1,),
+              dtypes=("float32",)):
     out = {}
-    for b in batches:
-        if inpaint is None:
-            cleaner = deepcr_jax.load(model, tile=tile, batch=b)
-            out[f"deepcr-jax clean(stack), tile {tile}, batch {b}"] = lambda c=cleaner: c.clean(stamps)
-        else:
-            cleaner = deepcr_jax.load(model, inpaint=inpaint, tile=tile, batch=b)
-            out[f"deepcr-jax inpaint(stack), tile {tile}, batch {b}"] = lambda c=cleaner: c.inpaint(stamps, masks)
+    for dtype in dtypes:
+        tag = "" if dtype == "float32" else f", {dtype}"
+        for b in batches:
+            if inpaint is None:
+                cleaner = deepcr_jax.load(model, tile=tile, batch=b, dtype=dtype)
+                name = f"deepcr-jax clean(stack){tag}, tile {tile}, batch {b}"
+                out[name] = lambda c=cleaner: c.clean(stamps)
+                PATHS[name] = _jax_path(cleaner, "mask", tile)
+            else:
+                cleaner = deepcr_jax.load(model, inpaint=inpaint, tile=tile, batch=b, dtype=dtype)
+                name = f"deepcr-jax inpaint(stack){tag}, tile {tile}, batch {b}"
+                out[name] = lambda c=cleaner: c.inpaint(stamps, masks)
+                PATHS[name] = _jax_path(cleaner, "inpaint", tile)
     if inpaint is None:
         params = deepcr_jax.load_params(model)
         fwd = jax.jit(deepcr_jax.predict)
@@ -120,7 +185,9 @@ def jax_peers(model: str, stamps: np.ndarray, inpaint: str | None, masks, tile: 
                 jax.block_until_ready([fwd(params, x) for x in xs])
 
             conv = ", XLA conv" if jax.default_backend() == "cpu" else ""
-            out[f"deepcr-jax jit(predict), batch {b} (arrays on device{conv})"] = pure
+            name = f"deepcr-jax jit(predict), batch {b} (arrays on device{conv})"
+            out[name] = pure
+            PATHS[name] = ("XLA", "fp32")
     return out
 
 
@@ -130,7 +197,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batches", default="1", help="comma-separated tile batch sizes for deepcr-jax")
     ap.add_argument("--skip-chip", action="store_true")
-    ap.add_argument("--bf16", action="store_true", help="also time deepcr-jax's bfloat16 compute path")
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false",
+                    help="skip the bfloat16 rows (deepcr-jax dtype='bfloat16', torch bf16 autocast)")
     ap.add_argument("--stem", default="speed", help="results file name (results/<stem>.md/.json)")
     ap.add_argument(
         "--default-malloc",
@@ -154,35 +222,50 @@ def main(argv=None) -> int:
     rows, data = [], {"machine": machine(), "results": []}
     data["machine"]["malloc_tuned"] = malloc_tuned
     data["machine"]["native_kernel"] = native_status()[0]
+    from deepcr_jax import native
+
+    data["machine"]["cpu_bf16_paths"] = list(native.cpu_bf16_paths())
+    peaks = {}
+    if device == "CPU":
+        peaks["fp32"] = peak_gflops("fp32")
+        if args.bf16:
+            peaks["bf16"] = peak_gflops("bf16")
+    data["machine"]["peak_gflops"] = peaks
+    print("peak GFLOP/s:", peaks, flush=True)
 
     def record(workload, pixels, fl, peers):
-        base = None
+        base = bf16_ref = None
         for name, fn in peers.items():
             t = timeit(fn, repeats=repeats)
             if base is None and name.startswith("deepCR"):
                 base = t["best"]
-            data["results"].append({"workload": workload, "peer": name, **t, "gflops": fl / t["best"] / 1e9})
+            if "autocast" in name:
+                bf16_ref = t["best"]
+            isa, kind = PATHS.get(name, ("?", "fp32"))
+            gf = fl / t["best"] / 1e9
+            frac = gf / peaks[kind] if kind in peaks else None
+            data["results"].append({"workload": workload, "peer": name, **t, "gflops": gf, "isa": isa,
+                                    "precision": kind, "fraction_of_peak": frac})
             speed = f"{base / t['best']:.2f}x" if base else "-"
-            rows.append([workload, name, f"{t['best']:.2f}", f"{t['median']:.2f}", f"{fl / t['best'] / 1e9:.0f}", speed])
+            vs16 = f"{bf16_ref / t['best']:.2f}x" if bf16_ref and "autocast" not in name else "-"
+            rows.append([workload, name, isa, f"{t['best']:.2f}", f"{t['median']:.2f}", f"{gf:.0f}",
+                         f"{100 * frac:.0f} %" if frac is not None else "-", speed, vs16])
             print(rows[-1], flush=True)
 
+    dtypes = ("float32", "bfloat16") if args.bf16 else ("float32",)
     for model, label in (("ACS-WFC", "mask 2-32"), ("ACS-WFC-F606W-2-4", "mask 2-4")):
         spec = deepcr_jax.MODELS[model]
         fl = flops_per_pixel(spec.arch.depth, spec.arch.hidden) * stamps.size
-        peers = torch_peers(model, stamps, None, None, device)
-        peers.update(jax_peers(model, stamps, None, None, 256, batches))
-        if args.bf16:
-            for b in batches:
-                c = deepcr_jax.load(model, tile=256, batch=b, dtype="bfloat16")
-                peers[f"deepcr-jax clean(stack), bfloat16, tile 256, batch {b}"] = lambda c=c: c.clean(stamps)
+        peers = torch_peers(model, stamps, None, None, device, bf16=args.bf16)
+        peers.update(jax_peers(model, stamps, None, None, 256, batches, dtypes))
         if label == "mask 2-32":
             peers["astroscrappy (LACosmic, all cores)"] = astroscrappy_peer(stamps, st.ignore)
         record(f"{n} stamps 256x256, {label}", stamps.size, fl, peers)
     for model, label in (("ACS-WFC-F606W-2-32", "inpaint 2-32"), ("ACS-WFC-F606W-3-32", "inpaint 3-32")):
         spec = deepcr_jax.MODELS[model]
         fl = flops_per_pixel(spec.arch.depth, spec.arch.hidden, 2) * stamps.size
-        peers = torch_peers("ACS-WFC", stamps, model, masks, device)
-        peers.update(jax_peers("ACS-WFC", stamps, model, masks, 256, batches))
+        peers = torch_peers("ACS-WFC", stamps, model, masks, device, bf16=args.bf16)
+        peers.update(jax_peers("ACS-WFC", stamps, model, masks, 256, batches, dtypes))
         record(f"{n} stamps 256x256, {label}", stamps.size, fl, peers)
     if not args.skip_chip:
         if args.quick:
@@ -197,16 +280,24 @@ def main(argv=None) -> int:
             "deepCR clean() (segment=True, patch 1024)": lambda: ref.clean(chip),
             "deepCR clean(segment=False)": lambda: ref.clean(chip, segment=False),
         }
+        for name in peers:
+            PATHS[name] = ("torch oneDNN fp32" if device == "CPU" else "torch cuDNN fp32", "fp32")
         for tile in (256, 512, 1024):
             for b in batches:
                 if b > 1 and (chip.size // (tile * tile)) < b:
                     continue  # fewer tiles than the batch: the batch would be padding
                 c = deepcr_jax.load("ACS-WFC", tile=tile, batch=b)
                 peers[f"deepcr-jax clean, tile {tile}, batch {b}"] = lambda c=c: c.clean(chip)
+                PATHS[f"deepcr-jax clean, tile {tile}, batch {b}"] = _jax_path(c, "mask", tile)
+        if args.bf16:
+            c = deepcr_jax.load("ACS-WFC", tile=256, batch=1, dtype="bfloat16")
+            peers["deepcr-jax clean, bfloat16, tile 256, batch 1"] = lambda c=c: c.clean(chip)
+            PATHS["deepcr-jax clean, bfloat16, tile 256, batch 1"] = _jax_path(c, "mask", 256)
         peers["astroscrappy (LACosmic, all cores)"] = astroscrappy_peer(chip[None], np.zeros((1, *chip.shape), bool))
         record(f"chip {chip.shape[0]}x{chip.shape[1]}, mask 2-32", chip.size, fl, peers)
 
-    header = ["workload", "implementation", "best [s]", "median [s]", "GFLOP/s", "speed-up vs first deepCR row"]
+    header = ["workload", "implementation", "ISA path", "best [s]", "median [s]", "GFLOP/s", "fraction of peak",
+              "speed-up vs first deepCR row", "vs deepCR bf16 autocast"]
     text = write_results(args.stem, "Speed: deepcr-jax vs deepCR (PyTorch) vs astroscrappy", header, rows, data)
     print(text)
     return 0

@@ -8,7 +8,16 @@ chip (uint8, 1 = cosmic ray), the mask OR'ed into ``DQ``, optionally SCI's CR
 pixels (only those) inpainted, and ``DCR*`` provenance cards
 (:func:`provenance_cards`). The input is never modified; an existing output,
 or the input itself, is refused unless ``overwrite=True``; outputs appear
-complete or not at all (:func:`write_hdulist`).
+complete or not at all (:func:`write_hdulist`; ``.gz`` names are gzipped).
+
+A file that does not read completely (cut at an HDU boundary, in a header or
+in the data) is refused with a ValueError saying where. SCI and DQ pair by
+``EXTVER``, or by position when none has one. Inpainting changes only the CR
+pixels' stored values: integer SCI (with its BZERO/BSCALE) stays integer
+(values rounded), floats keep their dtype, and a tile-compressed SCI is
+written back compressed *losslessly* (GZIP_2 without quantisation, so the
+file may grow); HISTORY says which, and ``DCRFLAG`` / "DQ bit set" are
+recorded only where a DQ array was flagged.
 """
 
 from __future__ import annotations
@@ -221,6 +230,8 @@ def provenance_cards(
         ("DCRTHRSH", float(threshold), "CR probability threshold"),
         ("DCRINPNT", str(inpaint or "NONE")[-68:], "inpainting of CR pixels in SCI"),
     ]
+    # a comment that does not fit beside a long value is dropped (astropy would warn and cut it)
+    cards = [(k, v, c if len(str(v)) + len(c) <= 62 else "") for k, v, c in cards]
     if dq_flag is not None:
         cards.append(("DCRFLAG", int(dq_flag), "DQ bit set at CR pixels"))
     return cards

@@ -37,6 +37,7 @@ __all__ = [
     "Undo",
     "load_params",
     "network_forward",
+    "normalize",
     "postprocess",
     "predict",
     "preprocess",
@@ -197,6 +198,25 @@ def _pad_top_left(x, multiple: int, xp):
     return xp.pad(x, pads), py, px
 
 
+def normalize(images, scale: float, standardize: bool, *, xp=jnp):
+    """``images / scale``, then per image ``(x - mean) / std`` if ``standardize``.
+
+    ``images`` (..., ny, nx); returns ``(x, mean, std)`` with ``mean`` and
+    ``std`` of shape (..., 1, 1) (0.0 and 1.0 without standardisation). A
+    standard deviation below 1e-5 of the mean's magnitude (a constant image,
+    up to float32 rounding) is taken as 1, so the network sees zeros instead
+    of NaN or amplified rounding noise. Training normalises its batches with
+    this same function.
+    """
+    x = images / xp.float32(scale)
+    if not standardize:
+        return x, 0.0, 1.0
+    mean = xp.mean(x, axis=(-2, -1), keepdims=True)
+    std = xp.std(x, axis=(-2, -1), keepdims=True)
+    std = xp.where(std > xp.float32(1e-5) * xp.abs(mean), std, xp.float32(1))
+    return (x - mean) / std, mean, std
+
+
 def preprocess(params: ModelParams, images, mask=None, *, xp=jnp):
     """The network input for images in the model's units: deepCR's preprocessing.
 
@@ -213,22 +233,12 @@ def preprocess(params: ModelParams, images, mask=None, *, xp=jnp):
     Returns
     -------
     x : array, float32, shape (n, ny + py, nx + px, in_channels)
-        ``images / scale``, standardised per image over the unpadded pixels
-        if the model says so (a standard deviation below 1e-5 of the mean's
-        magnitude — a constant image, up to float32 rounding — is taken as
-        1, so the network sees zeros instead of NaN or amplified rounding
-        noise), zero-padded at the top/left to a multiple of 4; inpainting
+        :func:`normalize` (``images / scale``, standardised per image over
+        the unpadded pixels if the model says so), zero-padded at the top/left to a multiple of 4; inpainting
         networks get ``[x * (1 - mask), mask]``.
     undo : Undo
     """
-    x = images / xp.float32(params.scale)
-    mean, std = 0.0, 1.0
-    if params.standardize:
-        mean = xp.mean(x, axis=(-2, -1), keepdims=True)
-        std = xp.std(x, axis=(-2, -1), keepdims=True)
-        # a constant image (std 0 up to float32 rounding of the mean) gets std 1
-        std = xp.where(std > xp.float32(1e-5) * xp.abs(mean), std, xp.float32(1))
-        x = (x - mean) / std
+    x, mean, std = normalize(images, params.scale, params.standardize, xp=xp)
     x, py, px = _pad_top_left(x, PAD_MULTIPLE, xp)
     if params.in_channels == 1:
         if mask is not None:

@@ -78,7 +78,8 @@ def test_clean_files(capsys, flc_dir, tmp_path):
     assert (sha256(a), sha256(b)) == hashes
     # existing outputs are refused (exit 2, one line per file), replaced with --overwrite
     rc, _, err = run(capsys, "clean", str(a), str(b), "--outdir", str(tmp_path))
-    assert rc == 2 and err.count("already exists") == 2
+    assert rc == 2 and err.count("already exists") == 2 and err.count("--overwrite") == 2
+    assert "overwrite=True" not in err
     rc, out, _ = run(
         capsys, "clean", str(a), "--outdir", str(tmp_path), "--overwrite", "--inpaint", "medmask", "-q"
     )
@@ -115,11 +116,15 @@ def test_clean_user_errors(capsys, flc_dir, tmp_path):
     assert rc == 2 and "input file" in err
     rc, _, err = run(capsys, "clean", str(a), "--suffix", "")
     assert rc == 2 and "input file" in err
-    rc, _, err = run(capsys, "clean", str(a), "--outdir", str(tmp_path / "missing"))
-    assert rc == 2 and "not an existing directory" in err
     rc, _, err = run(capsys, "clean", str(a), "-o", str(tmp_path / "y.fits"), "--suffix", "_z")
     assert rc == 2 and "not allowed with" in err
     assert sha256(a) == before and os.listdir(tmp_path) == []
+    # --outdir is created when missing (the README's example), refused when it is a file
+    rc, _, _ = run(capsys, "clean", str(a), "--outdir", str(tmp_path / "new" / "cleaned"), "-q")
+    assert rc == 0 and os.listdir(tmp_path / "new" / "cleaned") == ["a_flc_crmask.fits"]
+    (tmp_path / "file").write_text("x")
+    rc, _, err = run(capsys, "clean", str(a), "--outdir", str(tmp_path / "file"))
+    assert rc == 2 and "not a directory" in err
 
 
 def test_demo(capsys, tmp_path):

@@ -190,7 +190,8 @@ def test_valid_bounds():
 def test_engine_uses_kernel_on_cpu():
     params = load_params("ACS-WFC")
     assert Engine(params, tile=64, batch=1, devices=jax.devices("cpu")[:1]).native
-    assert not Engine(params, tile=64, batch=1, dtype="bfloat16", devices=jax.devices("cpu")[:1]).native
+    # bfloat16 runs the native kernels too (the bf16 ones where the CPU has them: test_native_bf16.py)
+    assert Engine(params, tile=64, batch=1, dtype="bfloat16", devices=jax.devices("cpu")[:1]).native
     narrow = load_params("ACS-WFC-F606W-2-4")  # width 4: XLA's convolution
     assert not Engine(narrow, tile=64, batch=1, devices=jax.devices("cpu")[:1]).native
 

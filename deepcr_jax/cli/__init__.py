@@ -7,30 +7,33 @@
     deepcr-jax clean *_flc.fits --outdir cleaned/ --inpaint medmask
     deepcr-jax models                       # the model zoo
     deepcr-jax convert my_model.pth -o my_model.npz
+    deepcr-jax train --config mask_2_32.smoke --workdir runs/smoke
 
 Exit status: 0 on success, 2 on a usage error or bad input (missing file,
 existing output, unknown model, a ``.pth`` that is not a deepCR network),
-reported as one line on stderr without a traceback. Anything else is a bug
-and shows its traceback.
+reported as one line on stderr without a traceback; 130 on Ctrl-C (SIGINT)
+and 143 on SIGTERM, leaving no partial output (temporaries are removed).
+Anything else is a bug and shows its traceback.
 
 Each command is a module of this package with ``add_parser(subparsers)``
 (registers its subcommand and options, returns the parser) and
-``run(args) -> int`` (the exit status), listed in :data:`COMMANDS`; a new
-command (``train``) is a new module added to that list.
+``run(args) -> int`` (the exit status), listed in :data:`COMMANDS`.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 from collections.abc import Sequence
 
-from deepcr_jax.cli import clean, convert, demo, models
+from deepcr_jax.cli import clean, convert, demo, models, train
 from deepcr_jax.cli._common import EXIT_USAGE, PROG, USER_ERRORS, error, one_line
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: The subcommands, in the order ``--help`` lists them.
-COMMANDS = (clean, demo, models, convert)
+COMMANDS = (clean, demo, models, convert, train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` (temporaries) runs; exit 143."""
+
+
+def _terminate(signum, frame):
+    raise Terminated(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``deepcr-jax`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
@@ -62,11 +73,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from deepcr_jax.engine import tune_host_allocator
 
     tune_host_allocator()  # this process only cleans: keep XLA's freed buffers (see its doc)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return int(args.func(args))
     except USER_ERRORS as err:
         error(one_line(err))
         return EXIT_USAGE
+    except Terminated:
+        error("terminated (SIGTERM); no partial output left")
+        return 143
     except KeyboardInterrupt:
-        error("interrupted")
+        error("interrupted; no partial output left")
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

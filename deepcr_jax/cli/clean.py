@@ -219,11 +219,11 @@ def run(args: argparse.Namespace) -> int:
     inputs, outputs, notes = _check(args)
     from deepcr_jax import hst
 
-    saturation = None if args.no_saturation else args.saturation
+    level = hst.SATURATION_LEVEL if args.saturation is None else args.saturation
     settings = {
         "dq_flag": hst.DEFAULT_DQ_FLAG if args.dq_flag is None else args.dq_flag,
         "dq_ignore_bits": hst.DEFAULT_DQ_IGNORE_BITS if args.dq_ignore_bits is None else args.dq_ignore_bits,
-        "saturation": hst.SATURATION_LEVEL if saturation is None and not args.no_saturation else saturation,
+        "saturation": None if args.no_saturation else level,
         "units": args.units,
     }
     progress = Progress(len(inputs), quiet=args.quiet)

@@ -178,6 +178,7 @@ def simulate_exposure(
     cr_rate: float = CR_RATE,
     full_well: float = FULL_WELL,
     saturation_level: float = SATURATION_LEVEL,
+    scene_seed: int | np.random.Generator | None = None,
 ) -> Exposure:
     """Simulate one ACS/WFC F606W ``_flc``-like exposure in electrons.
 
@@ -203,6 +204,13 @@ def simulate_exposure(
     saturation_level : float
         Pixels with ``image >= saturation_level`` (e-) are saturated; the
         ``ignore`` mask is their 7x7 dilation.
+    scene_seed : int or numpy.random.Generator, optional
+        If given, the scene (sources) is drawn from this seed instead of
+        ``seed``, which then drives only the sky draw, photon and read noise
+        and cosmic rays: exposures with the same ``scene_seed`` (and the same
+        ``field``, ``shape``, ``exptime`` and ``sky_rate``) are repeat
+        exposures of one field with independent noise and CRs. None
+        (default) draws everything from ``seed``, as before.
 
     Returns
     -------
@@ -223,7 +231,7 @@ def simulate_exposure(
     else:
         sky_rate = _check_positive("sky_rate", sky_rate, allow_zero=True)
 
-    scene = _scene.draw_scene(field, shape, rng)
+    scene = _scene.draw_scene(field, shape, rng if scene_seed is None else _rng(scene_seed))
     sky = sky_rate * exptime
     expected = _scene.render_rate(scene, shape) * exptime
     np.maximum(expected, 0.0, out=expected)  # FFT round-off

@@ -1,0 +1,411 @@
+"""Training data: sources, validation, the split by group, the epoch iterator, prefetch.
+
+A :class:`Dataset` is a stack of stamps held in host memory: ``image`` (n, ny, nx)
+float32 in the data's units (electrons for ACS ``_flc``), ``cr`` and
+``ignore`` (n, ny, nx) bool (True = cosmic ray / pixel excluded from the loss),
+``sky`` (n,) float32 (sky level in the image's units, for the sky
+augmentation) and ``group`` (n,) int (the field or exposure each stamp comes
+from: the train/validation split never separates one group).
+
+Sources: arrays (:func:`from_arrays`), deepCR's "pair" ``.npy`` files
+(:func:`from_pair_files`), FITS stamps (:func:`from_fits`), ``.npz`` datasets
+written by :func:`deepcr_jax.simulate.save_dataset`, and the simulator
+(:func:`from_simulator`). :func:`load_source` picks one from the config.
+
+:class:`EpochIterator` yields batches in a deterministic order: epoch ``e``
+permutes the training stamps with a generator seeded by ``(seed, e)``; the
+random crop of batch ``b`` comes from ``(seed, e, b)``. Its position
+``(epoch, batch)`` is all a checkpoint needs to resume exactly. Each process
+gets its own contiguous slice of every global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from deepcr_jax.simulate import load_dataset, make_stamps
+from deepcr_jax.training.config import TrainConfig
+
+__all__ = [
+    "Dataset",
+    "EpochIterator",
+    "Prefetcher",
+    "eval_batches",
+    "from_arrays",
+    "from_fits",
+    "from_pair_files",
+    "from_simulator",
+    "load_source",
+    "split_by_group",
+]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """Validated stamps in host memory (see the module docstring for the fields).
+
+    ``provenance`` is a short text recorded in checkpoints and exports.
+    ``n_bad_pixels`` counts NaN/inf pixels that were ignored and filled.
+    """
+
+    image: np.ndarray
+    cr: np.ndarray
+    ignore: np.ndarray
+    sky: np.ndarray
+    group: np.ndarray
+    provenance: str = ""
+    n_bad_pixels: int = 0
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+    def subset(self, idx: np.ndarray) -> Dataset:
+        """The stamps ``idx`` (same provenance)."""
+        return Dataset(self.image[idx], self.cr[idx], self.ignore[idx], self.sky[idx], self.group[idx],
+                       self.provenance, self.n_bad_pixels)
+
+
+def _as_mask(name: str, m, shape: tuple[int, ...]) -> np.ndarray:
+    m = np.asarray(m)
+    if m.shape != shape:
+        raise ValueError(f"{name} must have the image's shape {shape}; got {m.shape}")
+    if m.dtype != bool:
+        if not np.issubdtype(m.dtype, np.number):
+            raise ValueError(f"{name} must be boolean or 0/1 numbers; got dtype {m.dtype}")
+        bad = ~np.isin(m, (0, 1))
+        if bad.any():
+            vals = np.unique(m[bad])[:5]
+            raise ValueError(f"{name} must contain only 0 and 1 (True = set); found values {vals.tolist()}")
+        m = m.astype(bool)
+    return m
+
+
+def from_arrays(image, cr, ignore=None, sky=None, group=None, *, provenance: str = "arrays") -> Dataset:
+    """Validate in-memory stamps into a :class:`Dataset`.
+
+    Parameters
+    ----------
+    image : array_like, shape (n, ny, nx) or (ny, nx)
+        Images in the data's units (electrons for ACS ``_flc``). NaN/inf
+        pixels become ignored and are filled with the stamp's median of the
+        finite pixels (the network never sees them).
+    cr : array_like of bool or 0/1, same shape
+        Cosmic-ray truth, True = cosmic ray.
+    ignore : array_like of bool or 0/1, same shape, optional
+        True = pixel excluded from the loss (e.g. saturated). Default none.
+    sky : array_like, shape (n,), optional
+        Sky level per stamp (image units); default the median of each stamp.
+    group : array_like of int, shape (n,), optional
+        Field/exposure id per stamp for the train/validation split; default
+        every stamp its own group.
+
+    Returns
+    -------
+    Dataset
+        float32 images, bool masks (the caller's arrays are not modified).
+    """
+    img = np.array(image, dtype=np.float32, copy=True)
+    if img.ndim == 2:
+        img = img[None]
+    if img.ndim != 3:
+        raise ValueError(f"image must be (n, ny, nx) or (ny, nx); got shape {np.shape(image)}")
+    n = img.shape[0]
+    if n == 0:
+        raise ValueError("image holds no stamps (n = 0): the dataset is empty")
+    cr_m = _as_mask("cr", np.reshape(cr, img.shape) if np.ndim(cr) == 2 and n == 1 else cr, img.shape)
+    ign = np.zeros(img.shape, bool) if ignore is None else _as_mask(
+        "ignore", np.reshape(ignore, img.shape) if np.ndim(ignore) == 2 and n == 1 else ignore, img.shape
+    )
+    bad = ~np.isfinite(img)
+    n_bad = int(bad.sum())
+    if n_bad:
+        ign = ign | bad
+        for i in np.flatnonzero(bad.any(axis=(1, 2))):
+            good = img[i][~bad[i]]
+            img[i][bad[i]] = np.median(good) if good.size else 0.0
+    if sky is None:
+        sky_a = np.median(img, axis=(1, 2)).astype(np.float32)
+    else:
+        sky_a = np.asarray(sky, np.float32).reshape(-1)
+        if sky_a.shape != (n,):
+            raise ValueError(f"sky must have one value per stamp, shape ({n},); got {np.shape(sky)}")
+        if not np.all(np.isfinite(sky_a)):
+            raise ValueError("sky must be finite")
+    grp = np.arange(n) if group is None else np.asarray(group).reshape(-1)
+    if grp.shape != (n,):
+        raise ValueError(f"group must have one id per stamp, shape ({n},); got {np.shape(group)}")
+    _, grp = np.unique(grp, return_inverse=True)
+    return Dataset(img, cr_m, ign, sky_a, grp.astype(np.int64), provenance, n_bad)
+
+
+def from_pair_files(paths: Sequence[str], sky=None, *, group_by: str = "dir") -> Dataset:
+    """deepCR's "pair" ``.npy`` stamps: arrays (2 or 3, ny, nx) = image, CR mask[, ignore].
+
+    ``sky``: one value per file, or None (the median of each image).
+    ``group_by``: ``"dir"`` (stamps in one directory come from one exposure,
+    deepCR's layout) or ``"file"``.
+    """
+    paths = sorted(paths)
+    if not paths:
+        raise ValueError("no .npy pair files given: the dataset is empty")
+    imgs, crs, igns, groups = [], [], [], []
+    for p in paths:
+        a = np.load(p, allow_pickle=False)
+        if a.ndim != 3 or a.shape[0] not in (2, 3):
+            raise ValueError(f"{p}: a pair file must be (2 or 3, ny, nx) = image, CR mask[, ignore]; got {a.shape}")
+        imgs.append(a[0])
+        crs.append(a[1])
+        igns.append(a[2] if a.shape[0] == 3 else np.zeros_like(a[0]))
+        groups.append(os.path.dirname(os.path.abspath(p)) if group_by == "dir" else p)
+    shapes = {i.shape for i in imgs}
+    if len(shapes) != 1:
+        raise ValueError(f"pair files must all have one stamp shape; got {sorted(shapes)}")
+    return from_arrays(np.stack(imgs), np.stack(crs), np.stack(igns), sky, groups,
+                       provenance=f"{len(paths)} deepCR pair .npy files ({os.path.dirname(paths[0]) or '.'})")
+
+
+def from_fits(paths: Sequence[str]) -> Dataset:
+    """FITS stamps: the first image HDU holds the image(s), HDU ``CRMASK`` the CR mask,
+    optional HDU ``IGNORE`` the ignore mask; each may be (ny, nx) or (n, ny, nx).
+    A header keyword ``SKY`` (first HDU) gives the sky level, else the median.
+    One file = one group (one exposure).
+    """
+    from astropy.io import fits
+
+    paths = sorted(paths)
+    if not paths:
+        raise ValueError("no FITS files given: the dataset is empty")
+    imgs, crs, igns, skies, groups = [], [], [], [], []
+    for gi, p in enumerate(paths):
+        with fits.open(p) as hdul:
+            first = next((h for h in hdul if h.data is not None and h.data.ndim in (2, 3)), None)
+            if first is None or "CRMASK" not in hdul:
+                raise ValueError(f"{p}: a FITS stamp needs an image HDU and a CRMASK HDU")
+            img = np.asarray(first.data, np.float32)
+            img = img[None] if img.ndim == 2 else img
+            cr = np.asarray(hdul["CRMASK"].data).reshape(img.shape) if hdul["CRMASK"].data.size == img.size else None
+            if cr is None:
+                raise ValueError(f"{p}: CRMASK shape {hdul['CRMASK'].data.shape} does not match image {img.shape}")
+            ign = np.asarray(hdul["IGNORE"].data).reshape(img.shape) if "IGNORE" in hdul else np.zeros(img.shape)
+            sky = first.header.get("SKY")
+        imgs.append(img)
+        crs.append(cr)
+        igns.append(ign)
+        skies += [np.nan if sky is None else float(sky)] * len(img)
+        groups += [gi] * len(img)
+    image = np.concatenate(imgs)
+    sky_a = np.asarray(skies, np.float32)
+    ds = from_arrays(image, np.concatenate(crs), np.concatenate(igns), None, groups,
+                     provenance=f"{len(paths)} FITS stamp files")
+    sky_a = np.where(np.isnan(sky_a), ds.sky, sky_a).astype(np.float32)
+    return dataclasses.replace(ds, sky=sky_a)
+
+
+def from_simulator(n: int, *, seed: int, shape: int = 256, field: str = "mixed") -> Dataset:
+    """``n`` simulated ACS/WFC F606W stamps (e-), deterministic from ``seed``.
+
+    Every stamp is an independent simulated exposure, so each is its own group.
+    """
+    b = make_stamps(n, field, seed=seed, shape=(shape, shape))
+    return from_arrays(b.image, b.cr_mask, b.ignore, b.sky, np.arange(n),
+                       provenance=f"deepcr_jax.simulate.make_stamps(n={n}, field={field!r}, seed={seed}, "
+                                  f"shape=({shape}, {shape})): simulated HST ACS/WFC F606W")
+
+
+def load_source(config: TrainConfig) -> Dataset:
+    """The dataset named by ``config.data`` (``"simulate"`` or a path / glob)."""
+    if config.data == "simulate":
+        return from_simulator(config.sim_n, seed=config.seed, shape=config.sim_shape, field=config.sim_field)
+    paths = sorted(glob.glob(os.path.join(config.data, "*"))) if os.path.isdir(config.data) else sorted(
+        glob.glob(config.data))
+    if not paths:
+        raise ValueError(f"data {config.data!r} matches no files (expected 'simulate', a directory or a glob)")
+    exts = {os.path.splitext(p)[1].lower() for p in paths}
+    if exts == {".npy"}:
+        return from_pair_files(paths)
+    if exts <= {".fits", ".fit", ".fz"}:
+        return from_fits(paths)
+    if exts == {".npz"}:
+        parts = [load_dataset(p) for p in paths]
+        groups = np.concatenate([np.full(len(b), i) * 100000 + np.arange(len(b)) for i, b in enumerate(parts)])
+        return from_arrays(np.concatenate([b.image for b in parts]), np.concatenate([b.cr_mask for b in parts]),
+                           np.concatenate([b.ignore for b in parts]), np.concatenate([b.sky for b in parts]),
+                           groups, provenance=f"{len(paths)} simulated .npz datasets")
+    raise ValueError(f"data {config.data!r}: files must be all .npy pairs, all FITS or all .npz; got {sorted(exts)}")
+
+
+def split_by_group(ds: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Train/validation split by group (field/exposure), never by stamp.
+
+    The groups are permuted with a generator seeded by ``(seed, 1)``; the
+    first ``max(1, round(val_fraction * n_groups))`` form the validation set.
+    """
+    groups = np.unique(ds.group)
+    if len(groups) < 2:
+        raise ValueError(f"the dataset has {len(groups)} group(s); a train/validation split by group needs >= 2")
+    perm = np.random.default_rng([seed, 1]).permutation(groups)
+    n_val = min(max(1, round(val_fraction * len(groups))), len(groups) - 1)
+    is_val = np.isin(ds.group, perm[:n_val])
+    return ds.subset(np.flatnonzero(~is_val)), ds.subset(np.flatnonzero(is_val))
+
+
+def _check_sizes(ds: Dataset, batch_size: int, crop: int, what: str) -> None:
+    if len(ds) == 0:
+        raise ValueError(f"the {what} set is empty")
+    ny, nx = ds.image.shape[1:]
+    if min(ny, nx) < crop:
+        raise ValueError(f"stamps of the {what} set ({ny}x{nx}) are smaller than crop ({crop}): too small")
+    if batch_size > len(ds):
+        raise ValueError(f"batch_size ({batch_size}) is larger than the {what} set ({len(ds)} stamps)")
+
+
+def _local_slice(batch_size: int, process_index: int, process_count: int) -> slice:
+    if batch_size % process_count:
+        raise ValueError(f"batch_size ({batch_size}) must be divisible by the process count ({process_count})")
+    per = batch_size // process_count
+    return slice(process_index * per, (process_index + 1) * per)
+
+
+def _gather(ds: Dataset, idx: np.ndarray, y0: np.ndarray, x0: np.ndarray, crop: int) -> dict[str, np.ndarray]:
+    def cut(a):
+        return np.stack([a[i, y:y + crop, x:x + crop] for i, y, x in zip(idx, y0, x0)])
+
+    return {"image": cut(ds.image), "cr": cut(ds.cr).astype(np.float32),
+            "ignore": cut(ds.ignore).astype(np.float32), "sky": ds.sky[idx].astype(np.float32)}
+
+
+class EpochIterator:
+    """Deterministic batches of random crops; position ``(epoch, batch)``.
+
+    Parameters
+    ----------
+    ds : Dataset
+        Training stamps.
+    batch_size : int
+        Global batch size; the last incomplete batch of an epoch is dropped.
+    crop : int
+        Crop side (px).
+    seed : int
+        Seeds the order (``(seed, epoch)``) and crops (``(seed, epoch, batch)``).
+    process_index, process_count : int
+        This process's slice of every global batch (``jax.process_index()``, ``jax.process_count()``).
+    """
+
+    def __init__(self, ds: Dataset, batch_size: int, crop: int, seed: int,
+                 process_index: int = 0, process_count: int = 1):
+        _check_sizes(ds, batch_size, crop, "training")
+        self.ds, self.batch_size, self.crop, self.seed = ds, batch_size, crop, seed
+        self.local = _local_slice(batch_size, process_index, process_count)
+        self.steps_per_epoch = len(ds) // batch_size
+
+    def global_indices(self, epoch: int, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Stamp indices and crop origins (y0, x0) of global batch ``batch`` of ``epoch``."""
+        perm = np.random.default_rng([self.seed, 2, epoch]).permutation(len(self.ds))
+        idx = perm[batch * self.batch_size:(batch + 1) * self.batch_size]
+        ny, nx = self.ds.image.shape[1:]
+        rng = np.random.default_rng([self.seed, 3, epoch, batch])
+        y0 = rng.integers(0, ny - self.crop + 1, self.batch_size)
+        x0 = rng.integers(0, nx - self.crop + 1, self.batch_size)
+        return idx, y0, x0
+
+    def batch(self, epoch: int, batch: int) -> dict[str, np.ndarray]:
+        """This process's part of global batch ``batch`` of ``epoch`` (dict of numpy arrays)."""
+        idx, y0, x0 = (a[self.local] for a in self.global_indices(epoch, batch))
+        return _gather(self.ds, idx, y0, x0, self.crop)
+
+    def iterate(self, epoch: int, start: int = 0) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """``(batch_index, batch)`` for the batches ``start, start+1, ...`` of ``epoch``."""
+        for b in range(start, self.steps_per_epoch):
+            yield b, self.batch(epoch, b)
+
+
+def eval_batches(ds: Dataset, batch_size: int, crop: int, process_index: int = 0,
+                 process_count: int = 1) -> list[dict[str, np.ndarray]]:
+    """The validation set as fixed-shape batches (this process's slices).
+
+    Each stamp's centre ``crop`` × ``crop`` is used; the last batch is padded
+    with copies of stamp 0 whose ``weight`` is 0 (and ``ignore`` 1, so
+    they add nothing to any sum). Keys as the training batches plus
+    ``weight`` (B,) float32.
+    """
+    _check_sizes(ds, 1, crop, "validation")
+    ny, nx = ds.image.shape[1:]
+    n = len(ds)
+    n_batches = -(-n // batch_size)
+    local = _local_slice(batch_size, process_index, process_count)
+    out = []
+    for b in range(n_batches):
+        idx = np.arange(b * batch_size, (b + 1) * batch_size)
+        weight = (idx < n).astype(np.float32)
+        idx = np.where(idx < n, idx, 0)[local]
+        y0 = np.full(len(idx), (ny - crop) // 2)
+        x0 = np.full(len(idx), (nx - crop) // 2)
+        batch = _gather(ds, idx, y0, x0, crop)
+        batch["weight"] = weight[local]
+        batch["ignore"] = np.maximum(batch["ignore"], (1 - batch["weight"])[:, None, None])
+        out.append(batch)
+    return out
+
+
+class Prefetcher:
+    """Assemble the next batches on a background thread while the device steps.
+
+    A plain thread and a bounded queue, not Grain: Grain would be one more
+    dependency, and the data are already in-memory numpy arrays; all the host
+    does per batch is a permutation slice and a few crops, so one thread is
+    enough to overlap that with the (asynchronously dispatched) jitted step.
+    Order is exactly the iterator's. Use as an iterator; :meth:`close` (or
+    the end of iteration) stops the thread.
+    """
+
+    _END = object()
+
+    def __init__(self, iterator: Iterator, size: int = 2):
+        self._q: queue.Queue = queue.Queue(maxsize=size)
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(iterator,), daemon=True)
+        self._thread.start()
+
+    def _run(self, iterator: Iterator) -> None:
+        try:
+            for item in iterator:
+                while not self._stop.is_set():
+                    try:
+                        self._q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as err:  # noqa: BLE001 - re-raised in the consumer's thread
+            self._error = err
+        self._q.put(self._END)
+
+    def __iter__(self) -> Prefetcher:
+        return self
+
+    def __next__(self):
+        item = self._q.get()
+        if item is self._END:
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        """Stop the background thread (pending batches are dropped)."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                self._thread.join(timeout=0.05)

@@ -1,0 +1,315 @@
+"""``train_and_evaluate(config, workdir)``: the training loop.
+
+Builds the device mesh once, loads and splits the data, creates (or restores)
+the state, runs epochs of jitted steps with host-side prefetch, validates
+after each epoch (eval-mode network), steps the plateau schedule and the
+BatchNorm phase, checkpoints with Orbax, writes ``metrics.jsonl`` (one JSON
+line per epoch), PNGs, and finally exports ``best.npz`` from the best
+validation checkpoint.
+
+Workdir layout: ``config.json`` (the run's config; a different config is
+refused, naming the fields), ``checkpoints/`` (Orbax), ``metrics.jsonl``,
+``plots/`` (``curve.png``, ``example_eNNN.png``), ``best.npz``.
+
+Multi-host: call ``jax.distributed.initialize`` first (see
+:func:`deepcr_jax.training.cli_main`); every process runs this function, reads
+its own slice of each global batch and builds the global array with
+``jax.make_array_from_process_local_data``; only process 0 writes files other
+than checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from deepcr_jax.training import data as data_lib
+from deepcr_jax.training import export as export_lib
+from deepcr_jax.training.checkpoint import Checkpoints
+from deepcr_jax.training.config import TrainConfig, config_diff
+from deepcr_jax.training.schedule import Plateau, bn_phase, set_learning_rate
+from deepcr_jax.training.state import create_state, replicate
+from deepcr_jax.training.step import make_eval_step, make_train_step
+
+__all__ = ["global_batch", "make_mesh", "train_and_evaluate"]
+
+log = logging.getLogger(__name__)
+
+#: Config fields that may change when a run is resumed (they do not change the numbers).
+RESUME_SAFE_FIELDS = ("epochs_max", "plot_every", "progress", "checkpoint_every_steps")
+_OUTPUTS = ("metrics.jsonl", "best.npz", "config.json")
+
+
+def make_mesh(devices: list | None = None) -> Mesh:
+    """A 1-D mesh, axis ``"data"``, over ``devices`` (default: all devices of all processes)."""
+    devs = jax.devices() if devices is None else list(devices)
+    return Mesh(np.array(devs), ("data",))
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh, batch_size: int) -> dict[str, jax.Array]:
+    """This process's slice of a batch → global arrays sharded over the mesh's ``"data"`` axis."""
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    return {k: jax.make_array_from_process_local_data(sharding, v, (batch_size,) + v.shape[1:])
+            for k, v in local.items()}
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _flush(host: dict[str, Any], pending: list[dict]) -> None:
+    """Add the pending step metrics to the epoch's running sums (float64, in step order)."""
+    for m in pending:
+        c = float(m["count"])
+        host["loss_sum"] += float(m["loss"]) * c
+        host["loss_count"] += c
+    pending.clear()
+
+
+def _prepare_workdir(config: TrainConfig, workdir: str, overwrite: bool, resume: bool, primary: bool) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".probe-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"workdir {workdir!r} is not a writable directory: {err}") from None
+    cfg_path = os.path.join(workdir, "config.json")
+    has_run = os.path.exists(cfg_path) or os.path.isdir(os.path.join(workdir, "checkpoints"))
+    if overwrite:
+        if primary:
+            for name in _OUTPUTS:
+                if os.path.exists(os.path.join(workdir, name)):
+                    os.remove(os.path.join(workdir, name))
+            for name in ("checkpoints", "plots"):
+                shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
+        multihost_utils.sync_global_devices("deepcr_jax.training: workdir cleared")
+    elif has_run:
+        if os.path.exists(os.path.join(workdir, "best.npz")):
+            raise ValueError(f"workdir {workdir!r} holds a finished run (best.npz); pass overwrite=True "
+                             "(--overwrite) to train again there")
+        if not resume:
+            raise ValueError(f"workdir {workdir!r} holds an earlier run; pass resume=True to continue it or "
+                             "overwrite=True (--overwrite) to start over")
+        if os.path.exists(cfg_path):
+            with open(cfg_path) as fh:
+                old = TrainConfig.from_dict(json.load(fh))
+            diff = config_diff(old, config, ignore=RESUME_SAFE_FIELDS)
+            if diff:
+                what = "; ".join(f"{k}: {a!r} in the workdir, {b!r} now" for k, (a, b) in diff.items())
+                raise ValueError(f"workdir {workdir!r} holds a run with a different config ({what}); "
+                                 "use another workdir or overwrite=True")
+    if primary:
+        tmp = cfg_path + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(config.to_json())
+        os.replace(tmp, cfg_path)
+
+
+def _read_history(path: str, before_epoch: int, primary: bool) -> list[dict[str, Any]]:
+    """Records of epochs < before_epoch; the file is rewritten without later (lost) ones."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        records = [json.loads(line) for line in fh if line.strip()]
+    records = [r for r in records if r["epoch"] < before_epoch]
+    if primary:
+        with open(path, "w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in records)
+    return records
+
+
+def _validate(config, state, eval_step, val_local, val_global, mesh, key) -> tuple[float, dict, np.ndarray]:
+    total, count, outs = 0.0, 0.0, []
+    for i, vb in enumerate(val_local):
+        res = eval_step(state, global_batch(vb, mesh, config.batch_size), jax.random.fold_in(key, i))
+        total += float(_to_host(res["loss_sum"]))
+        count += float(_to_host(res["count"]))
+        outs.append(_to_host(res["out"]))
+    out = np.concatenate(outs)
+    keep = np.concatenate([b["weight"] for b in val_global]) > 0
+    out = out[keep]
+    val_loss = total / count if count else float("nan")
+    scores: dict[str, float] = {}
+    if config.kind == "mask":
+        cr = np.concatenate([b["cr"] for b in val_global])[keep] > 0
+        ign = np.concatenate([b["ignore"] for b in val_global])[keep] > 0
+        scores = export_lib.val_tpr(out, cr, ign)
+    else:
+        scores = {"val_mse": val_loss}
+    return val_loss, scores, out
+
+
+def _plots(workdir: str, history: list[dict], val_global: list[dict], out: np.ndarray, config, epoch: int) -> None:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:  # optional
+        return
+    os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ep = [r["epoch"] for r in history]
+    ax.plot(ep, [r["loss"] for r in history], label="train")
+    ax.plot(ep, [r["val_loss"] for r in history], label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.savefig(os.path.join(workdir, "plots", "curve.png"), dpi=80)
+    fig = Figure(figsize=(9, 3))
+    FigureCanvasAgg(fig)
+    b0 = val_global[0]
+    panels = [("image", b0["image"][0]), ("truth (CR)", b0["cr"][0]),
+              ("prediction", out[0] if config.kind == "mask" else out[0] * config.scale)]
+    for i, (title, img) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, i + 1)
+        lo, hi = np.percentile(img, [1, 99.5])
+        ax.imshow(img, origin="lower", cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6))
+        ax.set_title(title)
+        ax.set_axis_off()
+    fig.savefig(os.path.join(workdir, "plots", f"example_e{epoch:03d}.png"), dpi=80)
+
+
+def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overwrite: bool = False,
+                       resume: bool = True, data: data_lib.Dataset | None = None) -> dict[str, Any]:
+    """Train ``config`` in ``workdir``; resume an interrupted run there exactly.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    workdir : path-like
+        Created if missing. Holding another run's different config, or a
+        finished run (``best.npz``) without ``overwrite``, is a ``ValueError``.
+    overwrite : bool
+        Delete this loop's outputs in ``workdir`` (checkpoints, metrics,
+        plots, ``best.npz``) and start over.
+    resume : bool
+        Continue from the latest checkpoint if there is one (else refuse a
+        workdir that holds a run).
+    data : Dataset, optional
+        Stamps to train on (default: ``config.data``, e.g. the simulator).
+
+    Returns
+    -------
+    dict
+        ``export`` (path of ``best.npz``), ``best_step``, ``best_val_loss``,
+        ``epochs`` (completed), ``history`` (the ``metrics.jsonl`` records).
+    """
+    workdir = os.path.abspath(os.fspath(workdir))
+    pi, pc = jax.process_index(), jax.process_count()
+    primary = pi == 0
+    _prepare_workdir(config, workdir, overwrite, resume, primary)
+    mesh = make_mesh()
+    if config.batch_size % mesh.size:
+        raise ValueError(f"batch_size ({config.batch_size}) must be divisible by the device count ({mesh.size})")
+    ds = data if data is not None else data_lib.load_source(config)
+    train_ds, val_ds = data_lib.split_by_group(ds, config.val_fraction, config.seed)
+    it = data_lib.EpochIterator(train_ds, config.batch_size, config.crop, config.seed, pi, pc)
+    val_local = data_lib.eval_batches(val_ds, config.batch_size, config.crop, pi, pc)
+    val_global = val_local if pc == 1 else data_lib.eval_batches(val_ds, config.batch_size, config.crop)
+    key = jax.random.key(config.seed)
+    val_key = jax.random.fold_in(key, 2**31 - 1)
+    state = replicate(create_state(config, key), mesh)
+    ckpts = Checkpoints(os.path.join(workdir, "checkpoints"))
+    host: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0.0,
+                            "plateau": Plateau(lr=config.lr).to_dict(), "config": config.to_dict()}
+    latest = ckpts.latest_step() if resume else None
+    if latest is not None:
+        state, host = ckpts.restore(latest, state)
+        log.info("resumed from step %d (epoch %d, batch %d)", latest, host["epoch"], host["batch"])
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    history = _read_history(metrics_path, host["epoch"], primary)
+    steps: dict[int, Any] = {}
+    eval_step = make_eval_step(config, mesh)
+    plateau = Plateau.from_dict(host["plateau"])
+    base_key = jax.random.wrap_key_data(np.asarray(_to_host(state["rng"])))
+    from tqdm.auto import tqdm
+
+    while not plateau.stop and host["epoch"] < config.epochs_max:
+        epoch, t0 = host["epoch"], time.perf_counter()
+        phase = bn_phase(epoch, config.bn_epochs, config.norm)
+        if phase not in steps:
+            steps[phase] = make_train_step(config, mesh, bn_frozen=phase == 2)
+        train_step = steps[phase]
+        bar = tqdm(total=it.steps_per_epoch, initial=host["batch"], desc=f"epoch {epoch}", leave=False,
+                   disable=not (config.progress and primary))
+        pending: list[dict] = []
+
+        prefetch = data_lib.Prefetcher(it.iterate(epoch, host["batch"]))
+        try:
+            for b, local in prefetch:
+                state, m = train_step(state, global_batch(local, mesh, config.batch_size),
+                                      jax.random.fold_in(base_key, host["step"]))
+                pending.append(m)
+                host["step"] += 1
+                host["batch"] = b + 1
+                bar.update(1)
+                if len(pending) >= 10:
+                    _flush(host, pending)
+                    bar.set_postfix(loss=f"{host['loss_sum'] / max(host['loss_count'], 1):.4g}", lr=f"{plateau.lr:.2g}")
+                k = config.checkpoint_every_steps
+                if k and host["step"] % k == 0 and b + 1 < it.steps_per_epoch:
+                    _flush(host, pending)
+                    ckpts.save(host["step"], state, host)
+        finally:
+            prefetch.close()
+        _flush(host, pending)
+        train_loss = host["loss_sum"] / max(host["loss_count"], 1.0)
+        val_loss, scores, out = _validate(config, state, eval_step, val_local, val_global, mesh, val_key)
+        lr_used = plateau.lr
+        plateau = plateau.update(val_loss, epoch, patience=config.patience, rtol=config.rtol,
+                                 factor=config.decay_factor, max_decays=config.max_decays)
+        if plateau.lr != lr_used:
+            state = dict(state, opt=set_learning_rate(state["opt"], plateau.lr))
+        record = {"epoch": epoch, "step": host["step"], "loss": train_loss, "val_loss": val_loss, "lr": lr_used,
+                  "phase": phase, **scores, "seconds": time.perf_counter() - t0}
+        history.append(record)
+        bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{val_loss:.4g}", lr=f"{lr_used:.2g}")
+        bar.close()
+        if primary:
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            if config.plot_every and (epoch + 1) % config.plot_every == 0:
+                _plots(workdir, history, val_global, out, config, epoch)
+        host.update(epoch=epoch + 1, batch=0, loss_sum=0.0, loss_count=0.0, plateau=plateau.to_dict())
+        ckpts.save(host["step"], state, host, val_loss=val_loss)
+        log.info("epoch %d: loss %.5g, val_loss %.5g, lr %.3g, phase %d", epoch, train_loss, val_loss, lr_used, phase)
+
+    best = ckpts.best_step()
+    if best is None:
+        raise ValueError("no epoch completed (epochs_max reached before the first epoch?)")
+    best_state, best_host = ckpts.restore(best, state)
+    best_val, scores, out = _validate(config, best_state, eval_step, val_local, val_global, mesh, val_key)
+    notes = ""
+    threshold = export_lib.DEFAULT_THRESHOLD
+    if config.kind == "mask":
+        keep = np.concatenate([b["weight"] for b in val_global]) > 0
+        cr = np.concatenate([b["cr"] for b in val_global])[keep] > 0
+        ign = np.concatenate([b["ignore"] for b in val_global])[keep] > 0
+        threshold, notes = export_lib.choose_threshold(out, cr, ign)
+        notes = "threshold: " + notes
+    export_path = os.path.join(workdir, "best.npz")
+    if primary:
+        export_lib.export_npz(
+            export_path, config, best_state, threshold=threshold, provenance=ds.provenance, notes=notes,
+            validation={"epoch": best_host["epoch"] - 1, "step": best, "val_loss": best_val, **scores},
+        )
+    multihost_utils.sync_global_devices("deepcr_jax.training: exported")
+    ckpts.close()
+    return {"export": export_path, "best_step": best, "best_val_loss": best_val,
+            "epochs": host["epoch"], "history": history,
+            "stopped_early": plateau.stop and not math.isinf(plateau.best)}

@@ -1,0 +1,280 @@
+"""Training pieces on hand-built cases: config, losses, schedule, augmentation, data, BN phases."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from deepcr_jax.training import augment, data, losses
+from deepcr_jax.training.config import CONFIG_NAMES, get_config, parse_overrides
+from deepcr_jax.training.schedule import Plateau, bn_phase, get_learning_rate, set_learning_rate
+from deepcr_jax.training.state import create_state
+from deepcr_jax.training.step import make_eval_step, make_train_step
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_names_smoke_and_overrides():
+    for name in CONFIG_NAMES:
+        assert get_config(name).name == name
+        smoke = get_config(name + ".smoke")
+        assert smoke == get_config(name, smoke=True)
+        assert smoke.crop == 32
+    assert get_config("inpaint_2_32").lr == 0.01 and get_config("inpaint_2_32").bn_epochs == 40
+    assert get_config("finetune").lr == get_config("mask_2_32").lr / 10
+    cfg = get_config("mask_2_32", **parse_overrides(["lr=1e-3", "epochs_max=7", "flips=false"]))
+    assert (cfg.lr, cfg.epochs_max, cfg.flips) == (1e-3, 7, False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"bogus": 1}, "unknown config field.*bogus"), ({"epochs_max": "many"}, "epochs_max must be int"),
+     ({"lr": "fast"}, "lr must be float"), ({"norm": "layer"}, "norm must be one of"),
+     ({"crop": 30}, "crop must be a multiple of 4"), ({"flips": "maybe"}, "flips must be bool")],
+)
+def test_config_bad_overrides(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        get_config("mask_2_32", **kwargs)
+
+
+def test_config_bad_names():
+    with pytest.raises(ValueError, match="unknown config 'mask_9'"):
+        get_config("mask_9")
+    with pytest.raises(ValueError, match="unknown config field 'nope'"):
+        parse_overrides(["nope=1"])
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["lr"])
+
+
+# ---------------------------------------------------------------- losses
+
+
+def test_bce_with_ignore_hand_computed():
+    # 2x2: probabilities 0.9 (CR), 0.2 (no CR), 0.6 (no CR), 0.5 (ignored)
+    p = np.array([[[0.9, 0.2], [0.6, 0.5]]])
+    logits = jnp.asarray(np.log(p / (1 - p)), jnp.float32)
+    cr = jnp.array([[[1.0, 0.0], [0.0, 1.0]]])
+    ign = jnp.array([[[0.0, 0.0], [0.0, 1.0]]])
+    expected = -(math.log(0.9) + math.log(0.8) + math.log(0.4)) / 3  # denominator 3, not 4
+    np.testing.assert_allclose(float(losses.bce_with_ignore(logits, cr, ign)), expected, rtol=1e-6)
+    _total, count = losses.bce_terms(logits, cr, ign)
+    assert float(count) == 3.0
+    # stable for huge logits
+    big = jnp.array([[[80.0, -80.0]]])
+    assert float(losses.bce_with_ignore(big, jnp.array([[[1.0, 0.0]]]), jnp.zeros((1, 1, 2)))) < 1e-30
+    np.testing.assert_allclose(float(losses.bce_with_ignore(big, jnp.array([[[0.0, 0.0]]]), jnp.zeros((1, 1, 2)))),
+                               40.0, rtol=1e-6)
+    assert float(losses.bce_with_ignore(logits, cr, jnp.ones_like(cr))) == 0.0
+
+
+def test_inpaint_mse_hand_computed():
+    pred = jnp.array([[[1.0, 2.0], [3.0, 4.0]]])
+    target = jnp.array([[[0.0, 0.0], [0.0, 0.0]]])
+    m_i = jnp.array([[[1.0, 1.0], [1.0, 0.0]]])  # pixel (1,1) not to be inpainted
+    cr = jnp.array([[[0.0, 1.0], [0.0, 0.0]]])  # pixel (0,1) is a CR: its value is not truth
+    ign = jnp.array([[[0.0, 0.0], [1.0, 0.0]]])  # pixel (1,0) ignored
+    assert float(losses.inpaint_mse(pred, target, m_i, cr, ign)) == 1.0  # only (0,0): 1**2 / 1
+    assert float(losses.inpaint_mse(pred, target, m_i, jnp.zeros_like(cr), jnp.zeros_like(ign))) == pytest.approx((1 + 4 + 9) / 3, rel=1e-6)
+
+
+# ---------------------------------------------------------------- schedule
+
+#: validation losses, and the lr expected after each epoch with patience 4, rtol 1e-3, 2 decays
+LOSSES = [1.0, 0.9, 0.8995, 0.8993, 0.9, 0.95, 0.8992,  # bad x5 (none beats 0.9 * 0.999) → decay after #6
+          0.85, 0.86, 0.86, 0.86, 0.86, 0.86,  # bad x5 → second decay after #12
+          0.84, 0.84, 0.84, 0.84, 0.84, 0.84]  # 0.84 improves; then bad x5 → stop after #18
+EXPECTED_LR = [1.0] * 6 + [0.1] * 6 + [0.01] * 7
+EXPECTED_STOP = 18
+
+
+def _run_plateau(losses_):
+    pl, lrs = Plateau(lr=1.0), []
+    for e, v in enumerate(losses_):
+        pl = pl.update(v, e, patience=4, rtol=1e-3, factor=0.1, max_decays=2)
+        lrs.append(pl.lr)
+        if pl.stop:
+            return lrs, e, pl
+    return lrs, None, pl
+
+
+def test_plateau_hand_derived():
+    lrs, stop, pl = _run_plateau(LOSSES)
+    np.testing.assert_allclose(lrs, EXPECTED_LR, rtol=1e-12)
+    assert stop == EXPECTED_STOP
+    assert pl.best == 0.84 and pl.best_epoch == 13 and pl.decays == 2
+    assert Plateau.from_dict(pl.to_dict()) == pl
+    assert Plateau.from_dict(Plateau(lr=1.0).to_dict()).best == math.inf
+
+
+def test_plateau_matches_torch_and_optax():
+    torch = pytest.importorskip("torch")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=4, threshold=1e-3,
+                                                       threshold_mode="rel", cooldown=0)
+    torch_lrs = []
+    for v in LOSSES[:EXPECTED_STOP]:  # torch has no stop: compare the lr up to our stop epoch
+        sched.step(v)
+        torch_lrs.append(opt.param_groups[0]["lr"])
+    ours, _, _ = _run_plateau(LOSSES)
+    np.testing.assert_allclose(ours[:EXPECTED_STOP], torch_lrs, rtol=1e-12)
+    # optax's contrib equivalent decays at plateau_count == patience: patience + 1
+    tx = optax.contrib.reduce_on_plateau(factor=0.1, patience=5, rtol=1e-3, cooldown=0)
+    st = tx.init(jnp.zeros(1))
+    optax_lrs = []
+    for v in LOSSES[:EXPECTED_STOP]:
+        _, st = tx.update(jnp.zeros(1), st, value=jnp.float32(v))
+        optax_lrs.append(float(st.scale))
+    np.testing.assert_allclose(optax_lrs, torch_lrs, rtol=1e-6)
+
+
+def test_bn_phase_and_lr_injection():
+    assert [bn_phase(e, 2, "batch") for e in range(4)] == [1, 1, 2, 2]
+    assert bn_phase(0, 2, "weight") == 2
+    st = create_state(get_config("mask_2_4.smoke"), jax.random.key(0))
+    assert get_learning_rate(st["opt"]) == pytest.approx(0.005)
+    assert get_learning_rate(set_learning_rate(st["opt"], 5e-4)) == pytest.approx(5e-4)
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def test_donor_masks_from_other_stamps(key):
+    b, n = 6, 16
+    cr = np.zeros((b, n, n), np.float32)
+    for i in range(b):
+        cr[i, i, :] = 1.0  # stamp i's CR is row i
+    m = np.asarray(augment.donor_masks(key, jnp.asarray(cr), 9))
+    for i in range(b):
+        rows = set(np.flatnonzero(m[i].any(axis=1)))
+        assert rows and i not in rows and rows <= set(range(b))
+        assert np.all(m[i][sorted(rows)] == 1)
+    with pytest.raises(ValueError, match=">= 2 stamps"):
+        augment.donor_masks(key, jnp.asarray(cr[:1]), 9)
+
+
+def test_sky_and_dihedral(key):
+    img = jnp.zeros((64, 4, 4)) + 10.0
+    out = np.asarray(augment.sky_augment(key, img, jnp.full((64,), 100.0), -0.9, 3.0))
+    alpha = (out[:, 0, 0] - 10.0) / 100.0
+    assert alpha.min() >= -0.9 - 1e-6 and alpha.max() <= 3.0 + 1e-6 and np.ptp(alpha) > 1
+    assert np.all(out == out[:, :1, :1])  # one alpha per stamp
+    x = jnp.tile(jnp.arange(16.0).reshape(1, 4, 4), (32, 1, 1))
+    a, b_ = augment.dihedral(key, x, x * 2)
+    np.testing.assert_array_equal(np.asarray(b_), 2 * np.asarray(a))  # same transform on all arrays
+    assert len({np.asarray(a[i]).tobytes() for i in range(32)}) > 4
+
+
+# ---------------------------------------------------------------- data
+
+
+def _arrays(n=6, shape=(16, 16), seed=0):
+    rng = np.random.default_rng(seed)
+    img = rng.normal(100, 5, (n, *shape)).astype(np.float32)
+    cr = rng.random((n, *shape)) < 0.05
+    return img, cr
+
+
+def test_data_validation_errors():
+    img, cr = _arrays()
+    with pytest.raises(ValueError, match=r"cr must have the image's shape \(6, 16, 16\); got \(6, 16, 15\)"):
+        data.from_arrays(img, cr[..., :15])
+    with pytest.raises(ValueError, match="cr must contain only 0 and 1.*2"):
+        data.from_arrays(img, cr * 2)
+    with pytest.raises(ValueError, match="empty"):
+        data.from_arrays(img[:0], cr[:0])
+    with pytest.raises(ValueError, match=r"image must be \(n, ny, nx\)"):
+        data.from_arrays(img[None], cr[None])
+    ds = data.from_arrays(img, cr)
+    with pytest.raises(ValueError, match=r"batch_size \(8\) is larger than the training set \(6 stamps\)"):
+        data.EpochIterator(ds, 8, 16, seed=0)
+    with pytest.raises(ValueError, match="smaller than crop"):
+        data.EpochIterator(ds, 2, 32, seed=0)
+    with pytest.raises(ValueError, match="1 group"):
+        data.split_by_group(data.from_arrays(img, cr, group=np.zeros(6)), 0.2, seed=0)
+
+
+def test_nan_pixels_ignored_and_filled():
+    img, cr = _arrays()
+    img[1, 3, 4] = np.nan
+    img[2, 0, 0] = np.inf
+    before = img.copy()
+    ds = data.from_arrays(img, cr)
+    np.testing.assert_array_equal(img, before)  # caller's array untouched
+    assert ds.n_bad_pixels == 2 and ds.ignore[1, 3, 4] and ds.ignore[2, 0, 0]
+    assert np.isfinite(ds.image).all()
+    assert ds.image[1, 3, 4] == np.median(before[1][np.isfinite(before[1])])
+
+
+def test_split_by_group_and_iterator(tmp_path):
+    img, cr = _arrays(12)
+    group = np.repeat(np.arange(4), 3)  # 4 exposures of 3 stamps
+    ds = data.from_arrays(img, cr, group=group)
+    tr, va = data.split_by_group(ds, 0.25, seed=3)
+    assert len(va) == 3 and not set(tr.group) & set(va.group)
+    _tr2, va2 = data.split_by_group(ds, 0.25, seed=3)
+    np.testing.assert_array_equal(va.image, va2.image)
+    it = data.EpochIterator(tr, 4, 8, seed=1)
+    a, b_ = it.batch(0, 1), it.batch(0, 1)
+    np.testing.assert_array_equal(a["image"], b_["image"])
+    assert not np.array_equal(it.batch(1, 1)["image"], a["image"])
+    # process shards: the two halves of the global batch
+    halves = [data.EpochIterator(tr, 4, 8, seed=1, process_index=p, process_count=2).batch(0, 1) for p in (0, 1)]
+    np.testing.assert_array_equal(np.concatenate([h["image"] for h in halves]), a["image"])
+    assert list(data.Prefetcher(it.iterate(0)))[1][1]["image"].tobytes() == a["image"].tobytes()
+    # pair .npy files, grouped by directory
+    for d in range(2):
+        (tmp_path / f"exp{d}").mkdir()
+        for i in range(2):
+            np.save(tmp_path / f"exp{d}" / f"s{i}.npy", np.stack([img[i], cr[i], np.zeros_like(img[i])]))
+    pairs = data.from_pair_files(sorted(str(p) for p in tmp_path.glob("*/*.npy")))
+    assert len(pairs) == 4 and list(pairs.group) == [0, 0, 1, 1]
+    np.save(tmp_path / "bad.npy", img[:4])
+    with pytest.raises(ValueError, match=r"pair file must be \(2 or 3, ny, nx\)"):
+        data.from_pair_files([str(tmp_path / "bad.npy")])
+
+
+# ---------------------------------------------------------------- BatchNorm phases
+
+
+def _batch(cfg, seed=0):
+    rng = np.random.default_rng(seed)
+    b, n = cfg.batch_size, cfg.crop
+    return {"image": rng.normal(100, 10, (b, n, n)).astype(np.float32),
+            "cr": (rng.random((b, n, n)) < 0.05).astype(np.float32),
+            "ignore": np.zeros((b, n, n), np.float32), "sky": np.full((b,), 100.0, np.float32)}
+
+
+def test_bn_phase_switch(key):
+    cfg = get_config("mask_2_4.smoke")
+    state = create_state(cfg, key)
+    batch = _batch(cfg)
+    st1, _m1 = make_train_step(cfg)(jax.tree.map(jnp.copy, state), batch, key)
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), st1["batch_stats"], state["batch_stats"])
+    assert max(jax.tree.leaves(moved)) > 0  # phase 1 updates the running statistics
+    stats = jax.tree.map(np.asarray, st1["batch_stats"])
+    st2, _m2 = make_train_step(cfg, bn_frozen=True)(st1, batch, key)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, st2["batch_stats"]), stats)
+    assert int(st2["step"]) == 2
+    # phase 2's loss is the eval-mode (running statistics) loss of the same augmented batch
+    cfg_plain = cfg.replace(sky_aug_min=0.0, sky_aug_max=0.0, flips=False)
+    st3 = jax.tree.map(jnp.copy, st2)
+    ev = make_eval_step(cfg_plain)(st3, batch, key)
+    _, m3 = make_train_step(cfg_plain, bn_frozen=True)(st3, batch, key)
+    np.testing.assert_allclose(float(m3["loss"]), float(ev["loss_sum"] / ev["count"]), rtol=1e-6)
+
+
+def test_weight_norm_trains(key):
+    cfg = get_config("mask_2_4.smoke", norm="weight")
+    state = create_state(cfg, key)
+    assert state["batch_stats"] == {}
+    step = make_train_step(cfg)
+    batch = _batch(cfg)
+    p0 = jax.tree.map(np.asarray, state["params"])
+    state, m = step(state, batch, key)
+    assert np.isfinite(float(m["loss"]))
+    assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(state["params"])))

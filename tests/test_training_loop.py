@@ -1,0 +1,135 @@
+"""train_and_evaluate end to end: smoke configs, export round trip, workdir errors, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import deepcr_jax
+from deepcr_jax.training.config import CONFIG_NAMES, get_config
+from deepcr_jax.training.loop import train_and_evaluate
+from deepcr_jax.training.state import make_module
+from deepcr_jax.training.step import preprocess
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _child_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["JAX_PLATFORMS"] = "cpu"
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "jax-cache")  # the children share compilations
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    return env
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIG_NAMES if n != "mask_2_32"])
+def test_smoke_every_config(name, tmp_path):
+    cfg = get_config(name, smoke=True, epochs_max=1)
+    out = train_and_evaluate(cfg, tmp_path / "run")
+    assert out["epochs"] == 1 and os.path.exists(out["export"])
+    rec = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert np.isfinite(rec["val_loss"]) and rec["phase"] in (1, 2)
+    assert ("val_mse" in rec) == (cfg.kind == "inpaint")
+    assert deepcr_jax.load_params(out["export"]).kind == cfg.kind
+
+
+def test_train_export_clean_roundtrip(tmp_path):
+    cfg = get_config("mask_2_32.smoke", plot_every=1)
+    out = train_and_evaluate(cfg, tmp_path / "run")
+    wd = tmp_path / "run"
+    records = [json.loads(s) for s in (wd / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in records] == [1, 2, 2]
+    assert {"loss", "val_loss", "lr", "val_tpr_0.05%", "val_tpr_0.5%"} <= set(records[0])
+    assert (wd / "plots" / "curve.png").exists() and (wd / "plots" / "example_e000.png").exists()
+    # export -> load_params -> predict == the training module in eval mode
+    path = out["export"]
+    params = deepcr_jax.load_params(path)
+    meta = json.loads(str(np.load(path)["__meta__"]))
+    assert meta["training"]["name"] == "mask_2_32.smoke" and "simulated" in meta["notes"]
+    from deepcr_jax.weights import load_npz
+
+    variables, _ = load_npz(path)
+    assert set(variables) == {"params", "batch_stats"}
+    img = np.random.default_rng(0).normal(100, 10, (2, 32, 32)).astype(np.float32)
+    img[0, 5, 5] += 3000
+    ref = make_module(cfg, logits=False).apply(variables, preprocess(img, cfg.scale, cfg.standardize)[..., None])
+    np.testing.assert_allclose(np.asarray(deepcr_jax.predict(params, img)), np.asarray(ref)[..., 0], atol=1e-5)
+    mask = deepcr_jax.clean(img[0], model=path)
+    np.testing.assert_array_equal(mask, np.asarray(ref)[0, ..., 0] > meta["threshold"])
+    # a finished run is never overwritten without overwrite=True
+    with pytest.raises(ValueError, match="finished run"):
+        train_and_evaluate(cfg, wd)
+
+
+def test_workdir_errors(tmp_path):
+    cfg = get_config("mask_2_4.smoke", epochs_max=1)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="not a writable directory"):
+        train_and_evaluate(cfg, blocker / "sub")
+    wd = tmp_path / "run"
+    wd.mkdir()
+    (wd / "config.json").write_text(get_config("mask_2_4.smoke", lr=0.1).to_json())
+    with pytest.raises(ValueError, match=r"different config \(lr: 0.1 in the workdir, 0.005 now"):
+        train_and_evaluate(cfg, wd)
+    with pytest.raises(ValueError, match="resume=True"):
+        train_and_evaluate(cfg, wd, resume=False)
+
+
+_CHILD = """
+import sys
+from deepcr_jax.training.config import get_config
+from deepcr_jax.training.loop import train_and_evaluate
+cfg = get_config("mask_2_4.smoke", epochs_max=4, bn_epochs=2, checkpoint_every_steps=1, patience=4)
+train_and_evaluate(cfg, sys.argv[1])
+"""
+
+
+def _final(wd: Path):
+    data = np.load(wd / "best.npz")
+    arrays = {k: data[k] for k in data.files if k != "__meta__"}
+    lines = [json.loads(s) for s in (wd / "metrics.jsonl").read_text().splitlines()]
+    for r in lines:
+        r.pop("seconds")
+    return arrays, lines
+
+
+def test_resume_after_kill_is_bit_identical(tmp_path):
+    env = _child_env(tmp_path)
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run([sys.executable, "-c", _CHILD, str(full)], env=env, check=True, timeout=600)
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(killed)], env=env)
+    ckpt = killed / "checkpoints"
+    deadline = time.monotonic() + 300
+    # kill mid-epoch 1 (4 steps per epoch: step 6 is the 2nd batch of epoch 1), once a step checkpoint exists
+
+    def newest():
+        steps = [int(p.name) for p in ckpt.iterdir() if p.name.isdigit()] if ckpt.is_dir() else []
+        return max(steps, default=-1)
+
+    while newest() < 6:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "best.npz").exists()
+    subprocess.run([sys.executable, "-c", _CHILD, str(killed)], env=env, check=True, timeout=600)
+    a, la = _final(full)
+    b, lb = _final(killed)
+    assert la == lb
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert jax.tree.leaves(a)  # something was compared
