@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import tempfile
 from pathlib import Path
 
 import jax
@@ -12,6 +13,16 @@ import numpy as np
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# One persistent XLA compilation cache for the whole run, subprocesses included
+# (they inherit the variable): the suite compiles the same networks in many
+# tests and child processes, and compiling dominates its time on 2 cores.
+_XLA_CACHE = os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"deepcr-jax-tests-xla-{os.getuid()}")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
 
 #: float32 parity bar against the PyTorch reference (DESIGN.md contract 1).
 PARITY_ATOL = 1e-5

@@ -9,14 +9,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from conftest import requires_reference, synthetic_field
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.S)
+    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.DOTALL)
 
 
 def test_python_snippets_run():
@@ -37,7 +36,7 @@ def _commands() -> list[str]:
     for block in _blocks("bash"):
         for line in block.splitlines():
             cmd = line.split("  #")[0].strip()
-            if cmd.startswith("deepcr-jax ") or cmd.startswith("python -m train"):
+            if cmd.startswith(("deepcr-jax ", "python -m train")):
                 lines.append(cmd)
     return lines
 

@@ -70,9 +70,22 @@ def _cpu_id() -> str:
 
 
 def _compile(sources: list[str], cxx: str, out: str) -> None:
+    """Compile ``sources`` (in parallel, one compiler per file) and link them into ``out``."""
     include = jax.ffi.include_dir()
-    with atomic_path(out) as tmp:  # concurrent builders write the same bytes
-        cmd = [cxx, *_FLAGS, f"-I{include}", *sources, "-o", tmp]
+    flags = [f for f in _FLAGS if f not in ("-shared",)]
+    with tempfile.TemporaryDirectory() as tmpdir, atomic_path(out) as tmp:  # concurrent builders write the same bytes
+        objects = [os.path.join(tmpdir, f"{k}.o") for k in range(len(sources))]
+        jobs = [
+            ([cxx, *flags, f"-I{include}", "-c", src, "-o", obj], subprocess.Popen(
+                [cxx, *flags, f"-I{include}", "-c", src, "-o", obj],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            for src, obj in zip(sources, objects)
+        ]
+        for cmd, proc in jobs:
+            _, err = proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{err[-2000:]}")
+        cmd = [cxx, "-shared", "-fPIC", *objects, "-o", tmp]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
