@@ -178,9 +178,49 @@ def network_forward(params: ModelParams, x: jax.Array) -> jax.Array:
     probabilities for mask networks, raw predictions for inpainting ones).
     Convolutions run at full float32 precision on every backend (no TF32 on
     GPUs, no bf16 passes on TPUs).
+
+    Where the default backend is the CPU and the native kernels
+    (:mod:`deepcr_jax.native`) run this network, the traced function holds
+    both forwards behind ``jax.lax.platform_dependent``: the native one when
+    it is compiled for the CPU, XLA's convolution for any other platform.
+    Gradients (``jax.grad``, ``jax.vjp``) go through a ``jax.custom_vjp``
+    whose backward is the VJP of the XLA forward, so training and other
+    differentiation see XLA's gradients exactly; ``jax.vmap`` batches
+    either forward.
     """
-    with jax.default_matmul_precision("highest"):
-        return params.module.apply(params.variables, x)[..., 0]
+
+    def xla(variables, x):
+        with jax.default_matmul_precision("highest"):
+            return params.module.apply(variables, x)[..., 0]
+
+    from deepcr_jax import native
+    from deepcr_jax.native import unet as native_unet
+
+    usable = (
+        jax.default_backend() == "cpu"
+        and native_unet.supported(params.norm, params.hidden, params.in_channels)
+        and native.available()
+    )
+    if not usable:
+        return xla(params.variables, x)
+
+    def fused(variables, x):
+        y = native_unet.forward(variables, x, None, depth=params.depth, norm=params.norm, head=params.head)
+        return y[..., 0]
+
+    @jax.custom_vjp
+    def forward(variables, x):
+        return jax.lax.platform_dependent(variables, x, cpu=fused, default=xla)
+
+    def forward_fwd(variables, x):
+        return forward(variables, x), (variables, x)
+
+    def forward_bwd(residuals, g):
+        _, vjp = jax.vjp(xla, *residuals)
+        return vjp(g)
+
+    forward.defvjp(forward_fwd, forward_bwd)
+    return forward(params.variables, x.astype(jnp.float32))
 
 
 class Undo(NamedTuple):

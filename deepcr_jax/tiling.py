@@ -27,8 +27,10 @@ import numpy as np
 __all__ = ["TILE_SIZES", "TilePlan", "choose_tile", "copy_window", "default_halo", "plan_tiles", "receptive_radius"]
 
 #: Tile sides offered (network input S × S); by default each image runs with
-#: the one that computes the fewest pixels (:func:`choose_tile`).
-TILE_SIZES = (64, 128, 256, 512, 1024)
+#: the one that computes the fewest pixels (:func:`choose_tile`). Two sizes,
+#: so that with default settings any sequence of image sizes compiles at most
+#: two functions per engine (network, dtype, batch): one per size here.
+TILE_SIZES = (256, 1024)
 
 # Largest distance (pixels) at which an input pixel can influence an output
 # pixel: 3×3 convs add 1 level-pixel each (2 per block, encoder and decoder),
@@ -155,10 +157,14 @@ def choose_tile(shape: tuple[int, int], depth: int, tile: int | None = None) -> 
 
     The caller's ``tile`` if given (raised to the smallest offered size
     that holds a deeper network's halo, if too small). Otherwise the
-    offered size that computes the fewest pixels in total (tiles × S²,
-    halos and padding included), the larger one on ties: a 256² stamp runs
-    as one 256 tile, a 1000² image as one 1024 tile, a 4096×2048 chip as
-    256 tiles.
+    offered size (:data:`TILE_SIZES`, 256 and 1024) that computes the
+    fewest pixels in total (tiles × S², halos and padding included), the
+    larger one on ties. The rule, hence the bound on compilations: every
+    image that fits in 256² runs as one 256 tile (stamps of any size up to
+    256, zero-padded: the native CPU kernels skip the padding through their
+    bounds); a larger one as one 1024 tile when it fits and that computes
+    fewer pixels than overlapping 256 tiles (a 1000² image), else as
+    seam-free 256 tiles (a 300² image, a 4096×2048 chip) or 1024 tiles.
     """
     smallest = 2 * default_halo(depth) + grid(depth)
     if tile is not None:

@@ -209,3 +209,54 @@ def test_disabled_by_environment(real_frames, tmp_path):
     env = {**os.environ, "DEEPCR_JAX_NATIVE": "0"}
     subprocess.run([sys.executable, "-c", code, str(src), str(out)], env=env, check=True)
     np.testing.assert_allclose(deepcr_jax.clean(img, binary=False), np.load(out), rtol=0, atol=1e-5)
+
+
+# -- the functional core (model.network_forward) on the native kernels --------------------------
+
+
+def _xla_only(monkeypatch):
+    """Make network_forward trace XLA's convolution only (the reference for these tests)."""
+    monkeypatch.setattr(native, "available", lambda: False)
+
+
+@requires_native
+def test_jit_predict_runs_native_kernels(rng):
+    params = load_params("ACS-WFC")
+    x = rng.normal(60.0, 6.0, (2, 37, 45)).astype(np.float32)
+    hlo = jax.jit(deepcr_jax.predict).lower(params, x).as_text()
+    assert "deepcr_conv3x3_affine_relu" in hlo and "deepcr_upconv2x2" in hlo
+
+
+@requires_native
+@pytest.mark.parametrize("model", ["ACS-WFC", "ACS-WFC-F606W-3-32"])
+def test_predict_native_jit_vmap_match_xla(rng, monkeypatch, model):
+    params = load_params(model)
+    x = rng.normal(60.0, 6.0, (3, 37, 45)).astype(np.float32)
+    m = rng.random(x.shape) < 0.05 if params.kind == "inpaint" else None
+    inside_user_jit = jax.jit(lambda p, x, m: deepcr_jax.predict(p, x, m) * 1.0)(params, x, m)
+    if m is None:
+        batched = jax.jit(jax.vmap(lambda im: deepcr_jax.predict(params, im[None])[0]))(x)
+    else:
+        batched = jax.jit(jax.vmap(lambda im, mk: deepcr_jax.predict(params, im[None], mk[None])[0]))(x, m)
+    _xla_only(monkeypatch)
+    want = np.asarray(deepcr_jax.predict(params, x, m))
+    scale = max(float(np.abs(want).max()), 1.0)
+    np.testing.assert_allclose(np.asarray(inside_user_jit), want, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(np.asarray(batched), want, rtol=0, atol=1e-5 * scale)
+
+
+@requires_native
+def test_grad_through_native_predict_equals_xla_grad(rng, monkeypatch):
+    """custom_vjp: native forward, XLA's VJP backward; grads w.r.t. images and weights."""
+    params = load_params("ACS-WFC")
+    x = rng.normal(60.0, 6.0, (2, 24, 28)).astype(np.float32)
+
+    def loss(variables, x):
+        p = params.replace(variables=variables)
+        return jnp.sum(deepcr_jax.predict(p, x) ** 2)
+
+    got = jax.jit(jax.grad(loss, argnums=(0, 1)))(params.variables, x)
+    _xla_only(monkeypatch)
+    want = jax.grad(loss, argnums=(0, 1))(params.variables, x)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-4 * float(np.abs(w).max()))

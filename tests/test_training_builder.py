@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deepcr_jax.evaluate import confusion
-from deepcr_jax.fits import DQ_CR_BITS
+from deepcr_jax.hst import DQ_CR_BITS
 from deepcr_jax.simulate import simulate_exposure
 from deepcr_jax.training import builder
 

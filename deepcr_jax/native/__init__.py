@@ -10,9 +10,20 @@ pixels outside each tile's image bounds as zero padding, and can apply the
 1x1 output conv (+ sigmoid) in its epilogue. A second kernel does the 2x2
 stride-2 transposed convolution straight into NHWC.
 
-The kernel ships as source. The first call compiles it with the system C++
-compiler (``$CXX`` or ``c++``, ``-O3 -march=native``) against the FFI headers
-that come with jaxlib, into a cache folder (``$DEEPCR_JAX_CACHE``, else
+``bf16.cc`` holds their bfloat16 twins (bf16 inputs, weights and stored
+activations, float32 sums and epilogue) on two instruction paths, chosen
+at run time from CPUID (never from the compile flags): AMX-BF16 tiles
+(Sapphire Rapids and later; Linux's ``arch_prctl`` permission for the tile
+state is requested once) and AVX-512-BF16 ``vdpbf16ps`` (e.g. AMD Zen 4).
+:func:`cpu_bf16_paths` lists what this CPU runs and :func:`bf16_path` what
+``dtype="bfloat16"`` uses (``DEEPCR_JAX_NATIVE_ISA=amx|avx512bf16|fp32``
+forces one; ``fp32``, or a CPU with neither, runs the float32 kernels).
+
+The kernels ship as source. The first call compiles them (logging one
+line, "compiling the native CPU kernels (first use, ~10 s)"; each file in
+its own compiler process) with the system C++ compiler (``$CXX`` or
+``c++``, ``-O3 -march=native``) against the FFI headers that come with
+jaxlib, into a cache folder (``$DEEPCR_JAX_CACHE``, else
 ``$XDG_CACHE_HOME/deepcr-jax`` or ``~/.cache/deepcr-jax``), keyed by the
 source, compiler, jaxlib version and CPU; later processes reuse it. Where
 there is no compiler, or ``DEEPCR_JAX_NATIVE=0`` is set, :func:`available`
