@@ -116,6 +116,8 @@ def cell(res: dict, t: float, se: bool = False) -> str:
 
 
 def _paper_cell(paper: dict, row: str, field: str, t: float) -> str:
+    if row not in paper["table2"]:
+        return ""
     a, b = paper["table2"][row][field][str(t)]
     return f"{_pct(a)} ({_pct(b)})"
 
@@ -267,7 +269,7 @@ def render_markdown(data: dict) -> str:
         for f in FIELDS:
             r = inp[f][lab]["paper"]
             se = r["mse_se_e2"] / PAPER_MSE_UNIT_E2
-            cells += [f"{_fmt_mse(r['mse_paper_units'])} ±{_fmt_mse(se)}", f"{table3[lab][f]:.3f}"]
+            cells += [f"{_fmt_mse(r['mse_paper_units'])} ±{_fmt_mse(se)}", f"{table3[lab][f]:.3f}" if lab in table3 else ""]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     bh = {f: inp[f]["biharmonic"]["paper"]["n_stamps"] for f in FIELDS if "biharmonic" in inp[f]}
@@ -350,8 +352,8 @@ def render_markdown(data: dict) -> str:
                 "the simulator's CR-free image (same noise realisation), ignored pixels left out. MSE in e-^2 at "
                 "(a) the replaced pixels and (b) the true CR pixels, split into the CRs the mask caught "
                 "(the inpainter's error) and those it missed (left as they are: the same for every inpainter). "
-                "`+1 px`: the predicted mask dilated by one pixel before inpainting (a diagnostic; "
-                "`clean` does not dilate)."
+                "`+1 px`: the predicted mask grown by one pixel before inpainting (`clean`'s default, "
+                "`grow=1`); `predicted`: the mask as predicted (`grow=0`, deepCR's pipeline)."
             ),
             "",
             (

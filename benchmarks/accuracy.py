@@ -48,6 +48,7 @@ from _accuracy_report import MSE_UNIT_NOTE, cell, plot_all_models, plot_field_ro
 from _common import RESULTS, machine
 
 import deepcr_jax.evaluate as ev
+from deepcr_jax.cleaner import INPAINT_GROW
 
 FIELDS = ev.FIELDS
 #: Coarse ``sigclip`` sweep for ``--quick`` (the full run uses :data:`deepcr_jax.evaluate.SIGCLIPS`).
@@ -152,23 +153,25 @@ def run_inpainting(inpainters: dict, batch, mi: np.ndarray, biharmonic_max: int 
 def run_end_to_end(inpainters: dict, batch, dilations=E2E_DILATIONS) -> dict:
     """End-to-end cleaning errors: label -> ``"dilate<p>"`` -> :func:`~deepcr_jax.evaluate.end_to_end_mse`.
 
-    ``dilate0`` is ``Cleaner.clean(image, ignore=...)`` as users run it (CR mask predicted on
-    the images with their CRs); ``dilate<p>`` inpaints the same predicted mask grown by p px
-    (plus the ignored pixels). Scored against ``batch.clean``; ignored pixels are left out.
+    ``dilate<p>`` is ``Cleaner.clean(image, ignore=...)`` as users run it with ``grow=p``: the CR
+    mask predicted on the images with their CRs, grown by p px, then inpainted (``dilate0``:
+    deepCR's pipeline, the mask as predicted; ``dilate1``: deepcr-jax's default). Scored
+    against ``batch.clean`` on the replaced (grown) pixels and on the true CR pixels; ignored
+    pixels are left out.
     """
     out = {}
     for label, cleaner in inpainters.items():
         if cleaner is None:
             continue
-        mask, cleaned = cleaner.clean(batch.image, ignore=batch.ignore, cleaned=True)
         out[label] = {}
         for p in dilations:
-            region = ev.dilate(mask, p) if p else mask
-            if p:
-                cleaned = cleaner.inpaint(batch.image, region | batch.ignore)
+            cleaner.grow = p  # the same loaded networks, each grow in turn
+            mask, cleaned = cleaner.clean(batch.image, ignore=batch.ignore, cleaned=True)
+            region = ev.dilate(mask, p) & ~batch.ignore if p else mask
             out[label][f"dilate{p}"] = ev.end_to_end_mse(
                 cleaned, batch.clean, region, batch.cr_mask, batch.ignore
             )
+        cleaner.grow = INPAINT_GROW
     return out
 
 
@@ -177,6 +180,14 @@ def _positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return v
+
+
+def _labelled(value: str, option: str) -> tuple[str, str]:
+    """``LABEL=PATH`` → (label, path); the path must exist."""
+    label, sep, path = value.partition("=")
+    if not sep or not label or not os.path.isfile(path):
+        raise SystemExit(f"{option} takes LABEL=PATH of an existing .npz; got {value!r}")
+    return label, path
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -206,6 +217,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="output folder (default benchmarks/results; with --quick a new temporary folder)",
     )
     ap.add_argument("--jobs", type=_positive_int, default=1, help="processes for astroscrappy (default 1)")
+    ap.add_argument(
+        "--mask-model", action="append", default=[], metavar="LABEL=PATH",
+        help="also score this mask network (a .npz, e.g. a trained best.npz) under LABEL; repeatable",
+    )
+    ap.add_argument(
+        "--inpaint-model", action="append", default=[], metavar="LABEL=PATH",
+        help="also score this inpainting network (a .npz) under LABEL; repeatable",
+    )
+    ap.add_argument("--zoo-mask", default=None, metavar="NAME[,NAME]",
+                    help="score only these zoo mask models (default: every ACS-WFC model)")
     ap.add_argument(
         "--biharmonic-max",
         type=_positive_int,
@@ -258,8 +279,12 @@ def main(argv=None) -> int:
     # ---- detection
     cleaners = {}
     b0 = batches[FIELDS[0]]
-    for m in [m for m in deepcr_jax.list_models("mask") if m.startswith("ACS-WFC")]:
-        cleaners[m] = deepcr_jax.load(m, tile=256)
+    zoo = [m for m in deepcr_jax.list_models("mask") if m.startswith("ACS-WFC")]
+    if args.zoo_mask:
+        zoo = args.zoo_mask.split(",")
+    extra_masks = dict(_labelled(v, "--mask-model") for v in args.mask_model)
+    for m, model in [(m, m) for m in zoo] + list(extra_masks.items()):
+        cleaners[m] = deepcr_jax.load(model, tile=256)
         cleaners[m].clean(b0.image[:1], binary=False, ignore=b0.ignore[:1])  # compile
     pool = ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) if args.jobs > 1 else None
     detection = {}
@@ -272,7 +297,8 @@ def main(argv=None) -> int:
             _add(seconds, f"LACosmic ({len(sigclips)} sigclips)", s)
             for m in det:
                 det[m]["paper_row"] = (
-                    "LACosmic" if m == "LACosmic" else f"deepCR-{deepcr_jax.MODELS[m].label}"
+                    "LACosmic" if m == "LACosmic"
+                    else f"deepCR-{deepcr_jax.MODELS[m].label}" if m in deepcr_jax.MODELS else "-"
                 )
             detection[f] = det
             t1, t2 = ev.PAPER_FPRS
@@ -285,7 +311,7 @@ def main(argv=None) -> int:
 
     # ---- inpainting: borrowed masks (Table 3), then end to end
     inpainters = {}
-    for lab, name in INPAINTERS.items():
+    for lab, name in {**INPAINTERS, **dict(_labelled(v, "--inpaint-model") for v in args.inpaint_model)}.items():
         inpainters[lab] = None if name is None else deepcr_jax.load("ACS-WFC", inpaint=name, tile=256)
         if name is not None:
             inpainters[lab].inpaint(b0.image[:1], b0.cr_mask[:1])  # compile

@@ -172,7 +172,7 @@ class deepCR:
         # deepCR 0.3.1 feeds its inpainting network the image divided by the
         # *mask* model's scale (its registry gives inpainters none)
         scale = load_params(model, kind="mask").scale if inpaint not in (None, "medmask") else None
-        return Cleaner(model, inpaint=inpaint, devices=self._devices, inpaint_scale=scale)
+        return Cleaner(model, inpaint=inpaint, devices=self._devices, inpaint_scale=scale, grow=0)
 
     @contextlib.contextmanager
     def _on_device(self) -> Iterator[None]:

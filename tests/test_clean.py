@@ -119,14 +119,40 @@ def test_nonfinite_pixels_are_ignored_filled_and_reported(field):
     assert np.abs(prob - p_ref)[~bad].max() < 1e-5
 
 
-def test_cleaned_image_replaces_only_masked_pixels(field):
+def test_cleaned_image_replaces_only_the_grown_mask(field):
+    """The mask grown by ``grow`` px (default 1) is replaced; every other pixel is the input's."""
+    from scipy import ndimage
+
     img, _cr = field
     mask, cleaned = deepcr_jax.clean(img, inpaint="medmask")
-    np.testing.assert_array_equal(cleaned[~mask], img[~mask])
+    grown = ndimage.binary_dilation(mask, np.ones((3, 3), bool))
+    np.testing.assert_array_equal(cleaned[~grown], img[~grown])
     assert np.all(cleaned[mask] < img[mask]), "CR pixels are replaced by lower, sky-like values"
     mask2, cleaned2 = deepcr_jax.clean(img, inpaint="ACS-WFC-F606W-2-32")
     np.testing.assert_array_equal(mask, mask2)
-    np.testing.assert_array_equal(cleaned2[~mask], img[~mask])
+    np.testing.assert_array_equal(cleaned2[~grown], img[~grown])
+    exact_mask, exact = deepcr_jax.load(inpaint="medmask", grow=0).clean(img)
+    np.testing.assert_array_equal(exact_mask, mask)
+    np.testing.assert_array_equal(exact[~mask], img[~mask])  # grow=0: the predicted mask only
+    with pytest.raises(ValueError, match="grow must be a non-negative int"):
+        deepcr_jax.load(inpaint="medmask", grow=-1)
+
+
+def test_end_to_end_grown_mask_helps_on_a_hand_built_cr():
+    """A CR with faint wings the threshold misses: growing the replaced region lowers the error."""
+    rng = np.random.default_rng(5)
+    sky = rng.normal(100.0, 5.0, (64, 64)).astype(np.float32)
+    img = sky.copy()
+    img[29:34, 29:34] += 40.0  # faint wings (8 sigma): partly below the threshold, still CR charge
+    img[30:33, 30:33] += 400.0
+    img[31, 31] += 3000.0  # the core
+    truth = np.zeros(img.shape, bool)
+    truth[29:34, 29:34] = True
+    err = {}
+    for g in (0, 1):
+        _, out = deepcr_jax.load(inpaint="medmask", grow=g).clean(img)
+        err[g] = float(np.mean((out[truth] - sky[truth]) ** 2))
+    assert err[1] < err[0] / 4, err
 
 
 def test_inpaint_function_and_stack_shapes(field):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -74,5 +75,7 @@ def test_command_lines_run(tmp_path):
         argv[0] = str(bin_dir / "deepcr-jax") if argv[0] == "deepcr-jax" else sys.executable
         if "*" in cmd and '"' not in cmd:  # an unquoted glob: the shell expands it
             argv = ["bash", "-c", " ".join([shlex.quote(argv[0])] + shlex.split(cmd)[1:])]
-        res = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+        # `python -m train` runs from a checkout (train/ is not installed): the repo root on the path
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(README.parent), os.environ.get("PYTHONPATH", "")])}
+        res = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
         assert res.returncode == 0, f"{cmd}\n{res.stdout}\n{res.stderr}"

@@ -132,3 +132,14 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert jax.tree.leaves(a)  # something was compared
+
+
+def test_phase_one_holds_the_learning_rate(tmp_path):
+    """The plateau rule runs from the BatchNorm freeze on (rtol 0.99: every later epoch is 'bad')."""
+    cfg = get_config("mask_2_32", smoke=True, bn_epochs=2, epochs_max=6, patience=1, rtol=0.99)
+    train_and_evaluate(cfg, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records]
+    assert [r["phase"] for r in records] == [1, 1, 2, 2, 2, 2]
+    # counted from epoch 0 the rate would drop after epoch 2; counted from the freeze, after epoch 4
+    assert lrs[:5] == [cfg.lr] * 5 and lrs[5] == pytest.approx(cfg.lr * cfg.decay_factor)

@@ -37,6 +37,14 @@ def full_bounds(x: jax.Array) -> jax.Array:
     return zero + jnp.array([0, ny, 0, nx], jnp.int32).reshape((1,) * (zero.ndim - 1) + (4,))
 
 
+def _epilogue(epilogue, co: int) -> tuple[jax.Array, jax.Array, int]:
+    """(head weights (co,), head bias (1,), kernel mode: 0 none, 1 identity, 2 sigmoid)."""
+    if epilogue is None:
+        return jnp.zeros((co,), jnp.float32), jnp.zeros((1,), jnp.float32), 0
+    head_w, head_b, sigmoid = epilogue
+    return head_w, head_b, 2 if sigmoid else 1
+
+
 def conv3x3_affine_relu(
     x: jax.Array,
     kernel: jax.Array,
@@ -79,11 +87,7 @@ def conv3x3_affine_relu(
     x1 = x[..., :0] if x1 is None else x1.astype(f32)
     bounds = full_bounds(x) if bounds is None else bounds.astype(jnp.int32)
     co = kernel.shape[-1]
-    if epilogue is None:
-        head_w, head_b, mode = jnp.zeros((co,), f32), jnp.zeros((1,), f32), 0
-    else:
-        head_w, head_b, sigmoid = epilogue
-        mode = 2 if sigmoid else 1
+    head_w, head_b, mode = _epilogue(epilogue, co)
     out = jax.ShapeDtypeStruct(x.shape[:-1] + ((co,) if epilogue is None else (1,)), f32)
     call = jax.ffi.ffi_call("deepcr_conv3x3_affine_relu", out, vmap_method="expand_dims")
     args = (kernel, bias, alpha, beta, jnp.reshape(head_w, (-1,)), jnp.reshape(head_b, (-1,)))
@@ -167,11 +171,7 @@ def conv3x3_affine_relu_bf16(
     x1 = x[..., :0] if x1 is None else _even_channels(x1.astype(bf))
     bounds = full_bounds(x) if bounds is None else bounds.astype(jnp.int32)
     co = kernel.shape[-1]
-    if epilogue is None:
-        head_w, head_b, mode = jnp.zeros((co,), f32), jnp.zeros((1,), f32), 0
-    else:
-        head_w, head_b, sigmoid = epilogue
-        mode = 2 if sigmoid else 1
+    head_w, head_b, mode = _epilogue(epilogue, co)
     out_dtype = bf if epilogue is None else f32
     out = jax.ShapeDtypeStruct(x.shape[:-1] + ((co,) if epilogue is None else (1,)), out_dtype)
     call = jax.ffi.ffi_call("deepcr_conv3x3_bf16", out, vmap_method="expand_dims")

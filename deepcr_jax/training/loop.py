@@ -271,8 +271,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overw
         train_loss = host["loss_sum"] / max(host["loss_count"], 1.0)
         val_loss, scores, out = _validate(config, state, eval_step, val_local, val_global, mesh, val_key)
         lr_used = plateau.lr
-        plateau = plateau.update(val_loss, epoch, patience=config.patience, rtol=config.rtol,
-                                 factor=config.decay_factor, max_decays=config.max_decays)
+        if phase == 2:  # phase 1 holds the initial rate (schedule module docstring)
+            plateau = plateau.update(val_loss, epoch, patience=config.patience, rtol=config.rtol,
+                                     factor=config.decay_factor, max_decays=config.max_decays)
         if plateau.lr != lr_used:
             state = dict(state, opt=set_learning_rate(state["opt"], plateau.lr))
         record = {"epoch": epoch, "step": host["step"], "loss": train_loss, "val_loss": val_loss, "lr": lr_used,

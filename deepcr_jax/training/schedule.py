@@ -30,6 +30,14 @@ batch statistics and updating the running statistics with torch momentum
 in the forward *and* backward pass, never updated (:func:`bn_phase`). Weight-
 norm networks have one phase.
 
+The plateau machine runs in phase 2 only; phase 1 keeps the initial learning
+rate. The paper does not say how the two rules interact; with validation in
+eval mode the phase-1 loss follows running statistics that are still
+converging (momentum 0.005 needs ~1000 steps), and in a first trial (mask
+2-32, 43 steps per epoch) it "plateaued" twice inside the 20 phase-1 epochs,
+which would have decayed the rate and stopped training before the
+BatchNorm freeze that the recipe is built around.
+
 Differences from deepCR 0.3.1's own trainer (``deepCR.training.train``)
 -----------------------------------------------------------------------
 * its ``ReduceLROnPlateau`` uses ``threshold=0.005`` (0.5 %) and
