@@ -17,7 +17,8 @@ Modules: ``arch`` (the UNet topology), ``nets`` (flax modules), ``weights``
 ``compat`` (drop-in ``deepCR``), ``cli``; ``convert`` reads PyTorch files.
 """
 
-from deepcr_jax.cleaner import Cleaner, CleanReport, clean, inpaint, load
+from deepcr_jax.api import clean, inpaint, load
+from deepcr_jax.cleaner import Cleaner, CleanReport
 from deepcr_jax.engine import tune_host_allocator
 from deepcr_jax.model import ModelParams, load_params, predict
 from deepcr_jax.zoo import MODELS, list_models

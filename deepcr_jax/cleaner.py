@@ -16,22 +16,20 @@ binary=False)`` (within float32 rounding) for every tile size.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import threading
 
-import jax
 import numpy as np
 from scipy import ndimage
 
 from deepcr_jax._validate import as_images, as_mask, check_threshold
-from deepcr_jax.engine import Engine, resolve_dtype
+from deepcr_jax.engine import Engine, default_batch, resolve_dtype
 from deepcr_jax.medmask import fill_ignored, medmask
 from deepcr_jax.model import ModelParams, load_params, postprocess, preprocess
 from deepcr_jax.tiling import TILE_SIZES, choose_tile
 from deepcr_jax.zoo import list_models
 
-__all__ = ["INPAINT_GROW", "TILE_SIZES", "CleanReport", "Cleaner", "clean", "inpaint", "load"]
+__all__ = ["INPAINT_GROW", "TILE_SIZES", "CleanReport", "Cleaner"]
 
 #: Pixels by which the CR mask is grown before inpainting (:class:`Cleaner` ``grow``).
 #: Measured end to end (``benchmarks/accuracy.py``, cleaned image vs the CR-free
@@ -40,19 +38,6 @@ __all__ = ["INPAINT_GROW", "TILE_SIZES", "CleanReport", "Cleaner", "clean", "inp
 #: its prediction up; growing the mask by 1 px lowers the error of every
 #: inpainter in extragalactic and resolved fields, the networks' most.
 INPAINT_GROW = 1
-#: Default tiles per network call: 1 on CPUs (larger batches are slower
-#: there, cache), 8 on GPUs/TPUs (measured on an H100: batch 10 cleans 100
-#: stamps 2.2x faster than batch 1, batch 100 is no faster than 10; see
-#: benchmarks/results/speed_gpu.md).
-DEFAULT_BATCH = {"cpu": 1, "accelerator": 8}
-
-
-def default_batch(devices=None) -> int:
-    """:data:`DEFAULT_BATCH` for ``devices`` (default: the local devices)."""
-    devices = jax.local_devices() if devices is None else devices
-    return DEFAULT_BATCH["cpu" if all(d.platform == "cpu" for d in devices) else "accelerator"]
-
-
 @dataclasses.dataclass(frozen=True)
 class CleanReport:
     """What :meth:`Cleaner.clean` did to the last input.
@@ -302,121 +287,3 @@ class Cleaner:
         none = np.zeros_like(m)
         out = self._replace(images, m, none)
         return out[0] if single else out
-
-
-def load(
-    model: str | os.PathLike = "ACS-WFC",
-    *,
-    inpaint: str | os.PathLike | None = None,
-    tile: int | None = None,
-    batch: int | None = None,
-    dtype: str = "float32",
-    grow: int = INPAINT_GROW,
-) -> Cleaner:
-    """Load a model once for many calls: returns a :class:`Cleaner`.
-
-    Parameters
-    ----------
-    model : str or path-like
-        Mask network: a zoo name (:func:`deepcr_jax.list_models`) or a
-        converted ``.npz``.
-    inpaint : str, optional
-        ``"medmask"`` or an inpainting zoo name (``"ACS-WFC-F606W-2-32"``,
-        ``"ACS-WFC-F606W-3-32"``); None: masks only.
-    tile : int, optional
-        Tile side S (multiple of 8). Default: per image, the size of
-        :data:`TILE_SIZES` that computes the fewest pixels (one tile for
-        images up to 1024², seam-free overlapping 256 tiles for HST chips).
-        A fixed ``tile`` compiles once for every image size.
-    batch : int, optional
-        Tiles per network call (rounded up to a multiple of the device
-        count). Default 1 on CPU (fastest there), 8 on GPU/TPU.
-    dtype : {"float32", "bfloat16"}
-        Compute dtype; bfloat16 (inner layers only, the first block and head
-        stay float32) is for GPU/TPU.
-    grow : int
-        With an inpainter: pixels by which the CR mask is grown before its
-        pixels are replaced (default 1, :data:`INPAINT_GROW`; 0 replaces the
-        mask as predicted, as deepCR does). The returned mask is not grown.
-    """
-    return Cleaner(model, inpaint=inpaint, tile=tile, batch=batch, dtype=dtype, grow=grow)
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_cleaner(model, inpaint, tile, batch, dtype) -> Cleaner:
-    return Cleaner(model, inpaint=inpaint, tile=tile, batch=batch, dtype=dtype)
-
-
-def _cleaner(model, inpaint, tile, batch, dtype) -> Cleaner:
-    key = (model, inpaint, tile, batch, dtype)  # a Path stays a path (never read as a zoo name)
-    try:
-        hash(key)
-    except TypeError:
-        raise TypeError(f"model must be a zoo name or a path; got {type(model).__name__}") from None
-    return _cached_cleaner(*key)
-
-
-def clean(
-    image,
-    model: str | os.PathLike = "ACS-WFC",
-    *,
-    threshold: float | None = None,
-    binary: bool = True,
-    inpaint: str | None = None,
-    ignore=None,
-    tile: int | None = None,
-    batch: int | None = None,
-    dtype: str = "float32",
-):
-    """Cosmic-ray mask (and cleaned image) of one image or a stack.
-
-    Parameters
-    ----------
-    image : array_like, shape (ny, nx) or (n, ny, nx)
-        Image(s) in the model's units (electrons for HST ACS/WFC ``_flc``),
-        any real dtype; numpy or JAX. NaN/±inf pixels are ignored pixels.
-    model : str or path-like
-        Mask network (zoo name or converted ``.npz``). Default ``"ACS-WFC"``.
-    threshold : float in [0, 1], optional
-        Default: the model's recommended threshold.
-    binary : bool
-        True: boolean mask (True = cosmic ray). False: float32 probability.
-    inpaint : str, optional
-        None: return only the mask. ``"medmask"`` (5×5 masked median) or an
-        inpainting zoo name: also return the cleaned image.
-    ignore : array_like of bool, optional
-        Same shape as ``image``; True = bad pixel: never flagged as CR,
-        filled before detection and in the cleaned image.
-    tile, batch, dtype
-        Engine settings, see :func:`load`.
-
-    Returns
-    -------
-    mask : ndarray (shape of ``image``), bool or float32
-    cleaned : ndarray float32, only when ``inpaint`` is given
-
-    Notes
-    -----
-    Loaded models and compiled functions are cached between calls, so a loop
-    over images compiles once. For the ignored-pixel count use
-    :func:`load` and :attr:`Cleaner.last_report`.
-    """
-    cleaner = _cleaner(model, inpaint, tile, batch, dtype)
-    return cleaner.clean(image, threshold=threshold, binary=binary, ignore=ignore)
-
-
-def inpaint(image, mask, method: str = "medmask", *, tile: int | None = None, batch: int | None = None):
-    """Replace the ``mask`` pixels of ``image``.
-
-    Parameters
-    ----------
-    image : array_like (ny, nx) or (n, ny, nx), finite, in the model's units
-    mask : array_like of bool, same shape; True where pixels are replaced
-    method : str
-        ``"medmask"`` (deepCR's 5×5 masked median) or an inpainting zoo name.
-
-    Returns
-    -------
-    ndarray float32, same shape; unmasked pixels unchanged.
-    """
-    return _cleaner("ACS-WFC", method, tile, batch, "float32").inpaint(image, mask)

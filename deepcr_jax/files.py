@@ -20,7 +20,7 @@ import numpy as np
 
 from deepcr_jax import hst
 from deepcr_jax._validate import check_threshold
-from deepcr_jax.cleaner import _cleaner
+from deepcr_jax.api import cached_cleaner
 from deepcr_jax.fits import Chip, check_output, read_fits, write_fits
 
 __all__ = [
@@ -279,7 +279,7 @@ def clean_fits(
                 "pass inpaint to deepcr_jax.load() instead"
             )
     else:
-        cleaner = _cleaner(model, inpaint, tile, batch, "float32")
+        cleaner = cached_cleaner(model, inpaint, tile, batch, "float32")
         model_name = os.fspath(model)
         inpainter = None if inpaint is None else os.fspath(inpaint)
     thr = float(cleaner.params.threshold) if threshold is None else check_threshold(threshold)

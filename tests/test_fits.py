@@ -142,7 +142,7 @@ def test_write_hdulist_never_replaces_without_overwrite(tmp_path):
 
 
 def test_model_names_reuse_one_cached_cleaner(cleaned, tmp_path):
-    from deepcr_jax.cleaner import _cleaner
+    from deepcr_jax.api import cached_cleaner as _cleaner
 
     path, _, _, first = cleaned
     cached = _cleaner("ACS-WFC", None, None, None, "float32")
