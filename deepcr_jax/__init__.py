@@ -18,6 +18,7 @@ Modules: ``arch`` (the UNet topology), ``nets`` (flax modules), ``weights``
 """
 
 from deepcr_jax.api import clean, inpaint, load
+from deepcr_jax.batch import clean_files
 from deepcr_jax.cleaner import Cleaner, CleanReport
 from deepcr_jax.engine import tune_host_allocator
 from deepcr_jax.model import ModelParams, load_params, predict
@@ -32,6 +33,7 @@ __all__ = [
     "ModelParams",
     "__version__",
     "clean",
+    "clean_files",
     "inpaint",
     "list_models",
     "load",

@@ -3,7 +3,9 @@
 The bar is tqdm's (an optional dependency, in the ``train`` extra), drawn on
 stderr when it is a terminal and there is more than one file; without tqdm,
 or when not a terminal, only the plain per-file lines are printed. ``-q``
-prints nothing but errors.
+prints nothing but errors. With ``--workers``/``--scheduler`` the bar (and
+each plain per-file line) also shows the throughput: files/min, Mpix/s of
+science pixels, and the ETA.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Progress:
     skipped: int = 0
     failed: int = 0
     n_cr: int = 0
+    pixels: int = 0
+    show_rate: bool = False
 
     def __post_init__(self) -> None:
         self.t0 = time.perf_counter()
@@ -63,24 +67,46 @@ class Progress:
         if not self.quiet:
             self._print(f"{PROG}: warning: {text}", sys.stderr)
 
+    def note(self, text: str) -> None:
+        """``deepcr-jax: TEXT`` on stderr (not with ``-q``)."""
+        if not self.quiet:
+            self._print(f"{PROG}: {text}", sys.stderr)
+
     def fail(self, text: str) -> None:
         """A failed file: ``deepcr-jax: error: TEXT`` on stderr, always."""
         self.failed += 1
         self._print(f"{PROG}: error: {text}", sys.stderr)
         self._step()
 
-    def done(self, n_cr: int | None) -> None:
-        """A file cleaned with ``n_cr`` CR pixels, or skipped (None)."""
+    def done(self, n_cr: int | None, pixels: int = 0) -> None:
+        """A file cleaned with ``n_cr`` CR pixels (``pixels`` science pixels), or skipped (None)."""
         if n_cr is None:
             self.skipped += 1
         else:
             self.cleaned += 1
             self.n_cr += n_cr
+            self.pixels += pixels
         self._step()
 
     def _step(self) -> None:
         if self._bar is not None:
+            if self.show_rate:
+                self._bar.set_postfix_str(self.rate(), refresh=False)
             self._bar.update(1)
+
+    def rate(self) -> str:
+        """``R files/min, P Mpix/s, ETA m:ss``: files cleaned so far over the time since the start."""
+        seconds = max(time.perf_counter() - self.t0, 1e-9)
+        left = self.total - self.cleaned - self.skipped - self.failed
+        per_s = self.cleaned / seconds
+        eta = f"{int(left / per_s) // 60}:{int(left / per_s) % 60:02d}" if per_s > 0 else "?"
+        return f"{60 * per_s:.1f} files/min, {self.pixels / seconds / 1e6:.2f} Mpix/s, ETA {eta}"
+
+    @property
+    def position(self) -> str:
+        """``[k/N]``: files finished (any status) of the total."""
+        k = self.cleaned + self.skipped + self.failed
+        return f"[{k:>{len(str(self.total))}d}/{self.total}]"
 
     def summary(self) -> str:
         """``N of M files cleaned (s skipped, f failed), X CR pixels, in T s``."""

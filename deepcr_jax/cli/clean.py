@@ -18,16 +18,22 @@ from deepcr_jax.cli._common import (
     bits,
     load_cleaner,
     one_line,
+    positive_int,
 )
 from deepcr_jax.cli._inputs import Input, expand_inputs, output_paths
 from deepcr_jax.cli._progress import Progress
 
-__all__ = ["add_parser", "run"]
+__all__ = ["MANIFEST_NAME", "add_parser", "run"]
+
+#: The manifest's file name under ``--outdir`` (or the working directory) with ``--workers``/``--scheduler``.
+MANIFEST_NAME = "deepcr-jax-manifest.jsonl"
 
 #: ``--saturation``: a positive level; ``inf`` means no level (DQ saturation flags still count).
 saturation_level = arg_type(
     float, lambda v: v > 0 and not math.isnan(v), "a positive saturation level (e.g. 70000) or inf"
 )
+
+non_negative_int = arg_type(int, lambda v: v >= 0, "a non-negative integer")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -102,6 +108,43 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="also clean inputs that are deepcr-jax outputs themselves (skipped with a warning otherwise)",
+    )
+    dist = p.add_argument_group(
+        "many files",
+        "one task per file on a Dask cluster (pip install 'deepcr-jax[dask]'), one compiled model per "
+        "worker; a JSONL manifest makes the run resumable (rerun the same command after a kill). "
+        "On GPUs run one worker per device (dask_cuda.LocalCUDACluster, or `dask worker ADDRESS "
+        "--nthreads 1` per GPU with CUDA_VISIBLE_DEVICES) and pass --scheduler.",
+    )
+    where = dist.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="start a local Dask cluster of N worker processes (CPU: cores // N threads each, one file "
+        "in memory per worker)",
+    )
+    where.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="use the Dask cluster at ADDRESS (tcp://host:8786)",
+    )
+    dist.add_argument(
+        "--manifest",
+        default=None,
+        metavar="PATH",
+        help=f"append one JSON line per file as it finishes; files it records as done are skipped (default "
+        f"with --workers/--scheduler: <outdir or cwd>/{MANIFEST_NAME}); implies --skip-existing unless "
+        "--overwrite",
+    )
+    dist.add_argument(
+        "--retries",
+        type=non_negative_int,
+        default=2,
+        metavar="K",
+        help="re-run a task that raised an unexpected error up to K times (default 2)",
     )
     p.add_argument("--example", action="store_true", help="ignore inputs; run the built-in demo instead")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
@@ -226,6 +269,8 @@ def run(args: argparse.Namespace) -> int:
         "saturation": None if args.no_saturation else level,
         "units": args.units,
     }
+    if args.workers is not None or args.scheduler is not None or args.manifest is not None:
+        return _run_batch(args, inputs, outputs, notes, settings)
     progress = Progress(len(inputs), quiet=args.quiet)
     try:
         for note in notes:
@@ -242,4 +287,110 @@ def run(args: argparse.Namespace) -> int:
             progress.line(progress.summary())
     finally:
         progress.close()
+    return EXIT_USAGE if progress.failed else EXIT_OK
+
+
+# --------------------------------------------------------------------------
+# --workers / --scheduler / --manifest: deepcr_jax.batch.clean_files
+
+
+def _check_models(args: argparse.Namespace) -> None:
+    """Refuse an unknown mask or inpainting model before starting workers (without loading weights)."""
+    from deepcr_jax.zoo import list_models
+
+    if args.model != "auto" and args.model not in list_models("mask") and not os.path.isfile(args.model):
+        raise UserError(
+            f"--model {args.model!r} is neither a mask zoo model ({', '.join(list_models('mask'))}), "
+            "'auto', nor an existing .npz file"
+        )
+    names = ["medmask", *list_models("inpaint")]
+    if args.inpaint is not None and args.inpaint not in names and not os.path.isfile(args.inpaint):
+        raise UserError(f"--inpaint {args.inpaint!r} is neither {', '.join(names)} nor an existing .npz file")
+
+
+def _connect(args: argparse.Namespace, progress: Progress):
+    """(client, cluster): a new LocalCluster for ``--workers``, or the cluster at ``--scheduler`` (cluster None)."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UserError(
+            "--workers/--scheduler need dask and distributed: pip install 'deepcr-jax[dask]'"
+        ) from None
+    from deepcr_jax.batch import local_cluster
+
+    if args.scheduler is not None:
+        try:
+            client = Client(args.scheduler, timeout="20s")
+        except OSError as err:
+            raise UserError(f"cannot reach the Dask scheduler at {args.scheduler}: {one_line(err)}") from None
+        cluster = None
+    else:
+        cluster = local_cluster(args.workers)
+        client = Client(cluster)
+    import importlib.util
+
+    n = len(client.scheduler_info().get("workers", {}))
+    if importlib.util.find_spec("bokeh") is None:
+        board = "no dashboard (pip install 'bokeh>=3.1' for one)"
+    else:
+        board = f"dashboard {client.dashboard_link}"
+    progress.note(f"Dask cluster {client.scheduler.address}: {n} workers, {board}")
+    return client, cluster
+
+
+def _run_batch(args: argparse.Namespace, inputs, outputs, notes, settings) -> int:
+    """Clean with :func:`deepcr_jax.batch.clean_files` (serial with only ``--manifest``); table at the end."""
+    from deepcr_jax.batch import clean_files, format_table
+
+    _check_models(args)
+    manifest = args.manifest
+    if manifest is None:
+        manifest = os.path.join(args.outdir if args.outdir is not None else os.getcwd(), MANIFEST_NAME)
+    progress = Progress(len(inputs), quiet=args.quiet, show_rate=True)
+    client = cluster = None
+
+    def report(r) -> None:
+        if r.status == "failed":
+            progress.fail(f"{r.path}: {r.error}")
+            return
+        if r.note and r.status == "cleaned":
+            progress.warn(f"{r.path}: {r.note}")
+        progress.done(r.n_cr if r.status == "cleaned" else None, r.n_pixels)
+        if r.status == "cleaned":
+            what = f"cleaned  CR {100 * (r.cr_fraction or 0.0):.3f}%  {r.seconds:.1f} s on {r.worker}"
+        else:
+            what = f"skipped: {r.note}"
+        progress.line(f"{progress.position} {r.path} -> {r.output}  {what}  | {progress.rate()}")
+
+    try:
+        for note in notes:
+            progress.warn(note)
+        if args.workers is not None or args.scheduler is not None:
+            client, cluster = _connect(args, progress)
+        progress.t0 = t0 = time.perf_counter()
+        results = clean_files(
+            [inp.path for inp in inputs],
+            outputs=outputs,
+            model=args.model,
+            threshold=args.threshold,
+            inpaint=args.inpaint,
+            overwrite=args.overwrite,
+            skip_existing=args.skip_existing,
+            force=args.force,
+            client=client,
+            manifest=manifest,
+            retries=args.retries,
+            progress=report,
+            tile=args.tile,
+            batch=args.batch,
+            **settings,
+        )
+        progress.line(format_table(results, time.perf_counter() - t0))
+        progress.line(f"{progress.summary()}; manifest {manifest}")
+    finally:
+        progress.close()
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
     return EXIT_USAGE if progress.failed else EXIT_OK
