@@ -35,12 +35,12 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from deepcr_jax import hst
+from deepcr_jax._batch_worker import count_file, format_table, worker_cleaner, worker_stats
 
 __all__ = [
     "FILE_RESOURCE",
@@ -99,6 +99,11 @@ class FileResult:
         """The fields as a plain dict (what a task returns and the manifest stores)."""
         return dataclasses.asdict(self)
 
+    @classmethod
+    def failure(cls, path: str, output: str, model: str, err: BaseException) -> FileResult:
+        """A failed file: the error as one line."""
+        return cls(path, output, "failed", model=model, error=f"{type(err).__name__}: {_one_line(err)}")
+
 
 @dataclasses.dataclass(frozen=True)
 class _Settings:
@@ -124,37 +129,6 @@ class _Settings:
     def record(self) -> dict[str, Any]:
         """What a manifest line must match to count as done."""
         return {"model": self.model, "threshold": self.threshold, "inpaint": self.inpaint}
-
-
-# --------------------------------------------------------------------------
-# per process (a worker, or this process when serial): the Cleaner cache
-
-_lock = threading.Lock()
-_cleaners: dict[tuple, Any] = {}
-_stats = {"cleaners": 0, "files": 0}
-
-
-def _worker_cleaner(model: str, inpaint: str | None, tile: int | None, batch: int | None):
-    """The Cleaner for these settings in this process, built on first use and counted."""
-    from deepcr_jax.cleaner import Cleaner
-
-    key = (model, inpaint, tile, batch)
-    with _lock:
-        cleaner = _cleaners.get(key)
-        if cleaner is None:
-            cleaner = _cleaners[key] = Cleaner(model, inpaint=inpaint, tile=tile, batch=batch)
-            _stats["cleaners"] += 1
-        return cleaner
-
-
-def worker_stats() -> dict[str, int]:
-    """This process's counts: Cleaners built, network compilations, files handled; and its pid.
-
-    Run it on every worker with ``client.run(deepcr_jax.batch.worker_stats)``.
-    """
-    with _lock:
-        compilations = sum(c.compilations for c in _cleaners.values())
-        return {"pid": os.getpid(), "compilations": compilations, **_stats}
 
 
 def _one_line(err: BaseException) -> str:
@@ -197,7 +171,7 @@ def _clean_one(path_in: str, path_out: str, settings: _Settings, worker: str, cl
         model, note = _resolve_model(path_in, settings.model)
         out["model"] = model
         if cleaner is None:
-            cleaner = _worker_cleaner(model, settings.inpaint, settings.tile, settings.batch)
+            cleaner = worker_cleaner(model, settings.inpaint, settings.tile, settings.batch)
         os.makedirs(os.path.dirname(os.path.abspath(path_out)), exist_ok=True)
         kwargs = {
             "model": cleaner,
@@ -226,8 +200,7 @@ def _clean_one(path_in: str, path_out: str, settings: _Settings, worker: str, cl
         error = error[len(path_in) + 2 :] if error.startswith(f"{path_in}: ") else error
         return FileResult(status="failed", seconds=seconds, error=error, **out).as_dict()
     finally:
-        with _lock:
-            _stats["files"] += 1
+        count_file()
     seconds = time.perf_counter() - t0
     if summary.skipped:
         note = "; ".join(filter(None, [note, "the output exists with these settings"]))
@@ -419,7 +392,9 @@ def clean_files(
         if client is None:
             _run_serial(todo, paths, path_outs, settings, retries, loaded, finish)
         else:
-            _run_dask(client, todo, paths, path_outs, settings, retries, finish)
+            from deepcr_jax._dask import run_dask
+
+            run_dask(client, todo, paths, path_outs, settings, retries, finish)
     finally:
         if book is not None:
             book.close()
@@ -434,60 +409,8 @@ def _run_serial(todo, paths, path_outs, settings, retries, loaded, finish) -> No
                 break
             except Exception as err:  # noqa: BLE001 - an unexpected error: retried, then reported
                 if attempt == retries:
-                    result = FileResult(
-                        paths[i],
-                        path_outs[i],
-                        "failed",
-                        model=settings.model,
-                        error=f"{type(err).__name__}: {_one_line(err)}",
-                    )
+                    result = FileResult.failure(paths[i], path_outs[i], settings.model, err)
         finish(i, result)
-
-
-def _run_dask(client, todo, paths, path_outs, settings, retries, finish) -> None:
-    from distributed import as_completed
-
-    from deepcr_jax._dask import CleanerPlugin
-
-    if settings.model != "auto":
-        client.register_plugin(CleanerPlugin(settings.cleaner_key), name="deepcr-jax-cleaner")
-    workers = client.scheduler_info().get("workers", {}).values()
-    limit = (
-        {FILE_RESOURCE: 1}
-        if workers and all(FILE_RESOURCE in w.get("resources", {}) for w in workers)
-        else None
-    )
-    futures = {}
-    for i in todo:
-        future = client.submit(
-            _task,
-            paths[i],
-            path_outs[i],
-            settings,
-            pure=False,
-            retries=retries,
-            resources=limit,
-            key=f"deepcr-jax-clean-{i}-{os.getpid()}-{time.monotonic_ns()}",
-        )
-        futures[future] = i
-    try:
-        for future in as_completed(futures):
-            i = futures[future]
-            try:
-                result = FileResult(**future.result())
-            except Exception as err:  # noqa: BLE001 - retries spent, or the worker died too often
-                result = FileResult(
-                    paths[i],
-                    path_outs[i],
-                    "failed",
-                    model=settings.model,
-                    error=f"{type(err).__name__}: {_one_line(err)}",
-                )
-            future.release()
-            finish(i, result)
-    except BaseException:
-        client.cancel(list(futures))
-        raise
 
 
 def local_cluster(
@@ -497,50 +420,9 @@ def local_cluster(
 
     Each worker has ``threads_per_worker`` threads (default: its share of the
     cores, ``max(1, cores // n_workers)``) and one :data:`FILE_RESOURCE`
-    (one file in memory at a time); :class:`~deepcr_jax._dask.CleanerPlugin`
-    pins each worker's XLA threads to its share of the cores. For GPUs use
-    one worker per device instead (see the module notes).
+    (one file in memory at a time); its XLA threads are pinned to its share
+    of the cores. For GPUs use one worker per device instead (module notes).
     """
-    from distributed import LocalCluster
+    from deepcr_jax._dask import local_cluster as make
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // n_workers) if threads_per_worker is None else threads_per_worker
-    return LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=threads,
-        processes=True,
-        resources={FILE_RESOURCE: 1},
-        dashboard_address=dashboard_address,
-        env={"DEEPCR_JAX_CORES_PER_WORKER": str(threads)},
-    )
-
-
-def format_table(results: Sequence[FileResult], seconds: float | None = None) -> str:
-    """A summary table: per worker, files cleaned/skipped/failed, busy seconds, files/min; then failures.
-
-    ``seconds`` is the run's wall time (for the total row's files/min).
-    """
-    rows: dict[str, list[float]] = {}
-    for r in results:
-        row = rows.setdefault(r.worker or "-", [0, 0, 0, 0.0, 0])
-        row[("cleaned", "skipped", "failed").index(r.status)] += 1
-        row[3] += r.seconds
-        row[4] += r.n_pixels
-    width = max([len("worker")] + [len(w) for w in rows])
-    lines = [f"{'worker':<{width}}  cleaned  skipped  failed   busy s  files/min  Mpix/s"]
-
-    def fmt(name: str, row, wall: float | None) -> str:
-        t = row[3] if wall is None else wall
-        rate = 60 * row[0] / t if t > 0 else 0.0
-        mpix = row[4] / t / 1e6 if t > 0 else 0.0
-        return (
-            f"{name:<{width}}  {row[0]:>7d}  {row[1]:>7d}  {row[2]:>6d}  {row[3]:>7.1f}  "
-            f"{rate:>9.1f}  {mpix:>6.2f}"
-        )
-
-    for name in sorted(rows):
-        lines.append(fmt(name, rows[name], None))
-    total = [sum(r[k] for r in rows.values()) for k in range(5)]
-    lines.append(fmt("all", total, seconds))
-    lines += [f"failed: {r.path}: {r.error}" for r in results if r.status == "failed"]
-    return "\n".join(lines)
+    return make(n_workers, threads_per_worker=threads_per_worker, dashboard_address=dashboard_address)

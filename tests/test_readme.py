@@ -19,13 +19,22 @@ def _blocks(lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.DOTALL)
 
 
-def test_python_snippets_run():
-    """The Python blocks, with the names they assume (an image, a stack, a frame and its DQ)."""
+def test_python_snippets_run(tmp_path, monkeypatch):
+    """The Python blocks, with the names they assume (an image, a stack, a frame and its DQ, FITS paths)."""
+    from astropy.io import fits
+
     rng = np.random.default_rng(0)
     image, _ = synthetic_field(rng, (96, 80))
     frame, _ = synthetic_field(rng, (300, 260))
     stamps = np.stack([synthetic_field(rng, (64, 64))[0] for _ in range(2)])
-    names = {"image": image, "frame": frame, "stamps": stamps, "dq": np.zeros(frame.shape, np.int16)}
+    paths = []
+    for k in range(3):
+        paths.append(str(tmp_path / f"f{k}_flc.fits"))
+        sci = fits.ImageHDU(synthetic_field(rng, (64, 64))[0], name="SCI", ver=1)
+        fits.HDUList([fits.PrimaryHDU(), sci]).writeto(paths[-1])
+    monkeypatch.chdir(tmp_path)
+    names = {"image": image, "frame": frame, "stamps": stamps, "dq": np.zeros(frame.shape, np.int16),
+             "paths": paths}
     blocks = _blocks("python")
     assert len(blocks) >= 2
     for code in blocks:
