@@ -184,6 +184,30 @@ def _plots(workdir: str, history: list[dict], val_global: list[dict], out: np.nd
     fig.savefig(os.path.join(workdir, "plots", f"example_e{epoch:03d}.png"), dpi=80)
 
 
+class _NoBar:
+    """Stands in for a tqdm bar where tqdm is not installed (it is in the ``train`` extra)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar():
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar
+    return tqdm
+
+
 def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overwrite: bool = False,
                        resume: bool = True, data: data_lib.Dataset | None = None) -> dict[str, Any]:
     """Train ``config`` in ``workdir``; resume an interrupted run there exactly.
@@ -237,7 +261,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overw
     eval_step = make_eval_step(config, mesh)
     plateau = Plateau.from_dict(host["plateau"])
     base_key = jax.random.wrap_key_data(np.asarray(_to_host(state["rng"])))
-    from tqdm.auto import tqdm
+    tqdm = _progress_bar()
 
     while not plateau.stop and host["epoch"] < config.epochs_max:
         epoch, t0 = host["epoch"], time.perf_counter()
