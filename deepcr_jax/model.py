@@ -29,7 +29,7 @@ import numpy as np
 from deepcr_jax.arch import Architecture
 from deepcr_jax.nets import UNet
 from deepcr_jax.weights import inference_variables, load_npz
-from deepcr_jax.zoo import get_spec, weights_path
+from deepcr_jax.zoo import MODELS, get_spec, weights_path
 
 __all__ = [
     "PAD_MULTIPLE",
@@ -109,9 +109,14 @@ class ModelParams:
 
 
 def _is_path(model: str | os.PathLike) -> bool:
-    """A path-like, or a string that names a file: ends in ``.npz``, has a folder part, or exists."""
+    """A path-like, or a string that is no zoo name and names a file: ends in ``.npz``, has a folder part, or exists.
+
+    Zoo names win: a file called ``ACS-WFC`` in the working directory does not shadow the zoo model.
+    """
     if isinstance(model, os.PathLike):
         return True
+    if model in MODELS:
+        return False
     return model.endswith(".npz") or os.sep in model or "/" in model or os.path.exists(model)
 
 

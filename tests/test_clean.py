@@ -253,3 +253,9 @@ def test_jax_bfloat16_image_is_accepted(field):
     np.testing.assert_array_equal(
         deepcr_jax.clean(lo, binary=False), deepcr_jax.clean(np.asarray(lo, np.float32), binary=False)
     )
+
+
+def test_zoo_name_wins_over_a_file_of_that_name(tmp_path, monkeypatch):
+    (tmp_path / "ACS-WFC").write_text("not weights")
+    monkeypatch.chdir(tmp_path)
+    assert deepcr_jax.load_params("ACS-WFC").name == "ACS-WFC"
