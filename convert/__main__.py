@@ -3,10 +3,17 @@
     pip install torch==2.13.0 && pip install --no-deps deepCR==0.3.1
     python -m convert                 # writes deepcr_jax/weights/*.npz + NOTICE
     python -m convert --check         # only verify the shipped files are current
+    python -m convert --trained ACS-WFC-jax-2-32=runs/mask_2_32/best.npz
 
 Each ``.pth`` is read with ``weights_only=True``, checked against the zoo's
 recorded sha256, converted strictly (every key accounted for) against the
 architecture the zoo records, and written with the zoo entry as metadata.
+
+The zoo's trained models (``ModelSpec.converted`` False) come from a
+training run's export instead: ``--trained NAME=PATH`` checks the export's
+architecture and array digest against the zoo entry and writes it with the
+entry's metadata plus the export's training config, data provenance and
+validation scores; ``--check`` verifies the shipped file's digest.
 """
 
 from __future__ import annotations
@@ -18,9 +25,13 @@ import sys
 
 import numpy as np
 
+from deepcr_jax.arch import Architecture
 from deepcr_jax.convert import convert_state_dict, load_torch_state_dict
-from deepcr_jax.weights import flatten, load_npz, save_npz, sha256_file
-from deepcr_jax.zoo import MODELS, weights_path
+from deepcr_jax.weights import flatten, load_npz, save_npz, sha256_arrays, sha256_file
+from deepcr_jax.zoo import MODELS, list_models, weights_path
+
+#: metadata an export carries that the shipped trained model keeps
+_TRAINING_KEYS = ("training", "data", "validation")
 
 NOTICE = """\
 The network weights in this directory were converted from the PyTorch model
@@ -28,6 +39,10 @@ files shipped in the deepCR 0.3.1 Python package (learned_models/mask/*.pth,
 learned_models/inpaint/*.pth) by `python -m convert` in the deepcr-jax
 repository. The conversion changes only the array layout (and adds metadata);
 the numbers are deepCR's.
+
+The files named *-jax-* are not deepCR's: they were trained by deepcr-jax
+itself on simulated data (`python -m train`; the command, config and
+validation scores are in each file's metadata and in deepcr_jax/zoo.py).
 
 deepCR: Deep Learning Based Cosmic Ray Removal for Astronomical Images
 Zhang, K. & Bloom, J. S. 2020, ApJ 889, 24 (arXiv:1907.09500)
@@ -84,6 +99,30 @@ def convert_zoo_model(name: str, root: str | None = None):
     return variables, spec.meta()
 
 
+def trained_zoo_model(name: str, path: str):
+    """(variables, meta) for trained zoo model ``name`` from the training export at ``path``."""
+    spec = MODELS[name]
+    if spec.converted:
+        raise SystemExit(f"{name} is converted from deepCR's {spec.source}, not trained; run without --trained")
+    variables, meta = load_npz(path)
+    if Architecture(**meta["arch"]) != spec.arch:
+        raise SystemExit(f"{path}: architecture {meta['arch']} differs from the zoo's {spec.arch.to_dict()}")
+    digest = sha256_arrays(variables)
+    if digest != spec.source_sha256:
+        raise SystemExit(f"{path}: array digest {digest} differs from the zoo's {spec.source_sha256}")
+    return variables, {**spec.meta(), **{k: meta[k] for k in _TRAINING_KEYS if k in meta}}
+
+
+def trained_file_current(name: str) -> bool:
+    """Whether the shipped file of trained model ``name`` has the zoo's digest and metadata."""
+    path = weights_path(name)
+    if not os.path.exists(path):
+        return False
+    variables, meta = load_npz(path)
+    spec_meta = MODELS[name].meta()
+    return sha256_arrays(variables) == MODELS[name].source_sha256 and all(meta.get(k) == v for k, v in spec_meta.items())
+
+
 def same_file_content(path: str, variables, meta) -> bool:
     if not os.path.exists(path):
         return False
@@ -95,10 +134,25 @@ def same_file_content(path: str, variables, meta) -> bool:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m convert", description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="verify the shipped files; write nothing")
+    ap.add_argument("--trained", action="append", default=[], metavar="NAME=PATH",
+                    help="ship a training export as the zoo's trained model NAME (repeatable)")
     args = ap.parse_args(argv)
-    root = reference_root()
     stale = []
-    for name in MODELS:
+    for item in args.trained:
+        name, sep, path = item.partition("=")
+        if not sep or name not in list_models(converted=False):
+            raise SystemExit(f"--trained wants NAME=PATH with NAME one of {', '.join(list_models(converted=False))}")
+        variables, meta = trained_zoo_model(name, path)
+        save_npz(weights_path(name), variables, meta)
+        print(f"{name:22s} written  {weights_path(name)}")
+    for name in list_models(converted=False):
+        if not trained_file_current(name):
+            stale.append(name)
+            print(f"{name:22s} missing or stale: ship it with --trained {name}=PATH", file=sys.stderr)
+    if args.trained:
+        return 1 if stale else 0
+    root = reference_root()
+    for name in list_models(converted=True):
         variables, meta = convert_zoo_model(name, root)
         out = weights_path(name)
         if same_file_content(out, variables, meta):

@@ -35,6 +35,7 @@ __all__ = [
     "load_npz",
     "model_meta",
     "save_npz",
+    "sha256_arrays",
     "sha256_file",
     "unflatten",
 ]
@@ -208,4 +209,18 @@ def sha256_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_arrays(variables: Mapping[str, Any]) -> str:
+    """Hex sha256 of a variables tree's arrays: names, dtypes, shapes and bytes, in name order.
+
+    Independent of the ``.npz`` container and of the metadata, so a trained
+    zoo model's digest can be recorded in its own metadata.
+    """
+    h = hashlib.sha256()
+    for name, arr in sorted(flatten(variables).items()):
+        a = np.ascontiguousarray(arr)
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
     return h.hexdigest()

@@ -84,7 +84,7 @@ def test_json_structure(quick_run):
         assert data["test_set"][f]["n_stamps"] == 3
         det = data["detection"][f]
         assert "LACosmic" in det and "ACS-WFC" in det and "ACS-WFC-F606W-2-4" in det
-        assert len(det) == 6  # the five ACS/WFC zoo mask models + LACosmic
+        assert len(det) == 7  # the five converted ACS/WFC zoo mask models, the trained one, LACosmic
         assert len(det["LACosmic"]["roc"]["sigclip"]) == len(cfg["sigclips"])
         for res in det.values():
             assert set(res["tpr"]) == set(FPRS) == set(res["tpr_dilated"])

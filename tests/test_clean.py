@@ -168,8 +168,10 @@ def test_inpaint_function_and_stack_shapes(field):
 
 def test_list_models_and_load_params_errors():
     names = deepcr_jax.list_models()
-    assert len(names) == 10
-    assert set(deepcr_jax.list_models("inpaint")) == {"ACS-WFC-F606W-2-32", "ACS-WFC-F606W-3-32"}
+    converted, trained = deepcr_jax.list_models(converted=True), deepcr_jax.list_models(converted=False)
+    assert len(converted) == 10 and sorted(converted + trained) == sorted(names)
+    assert "ACS-WFC-jax-2-32" in trained
+    assert set(deepcr_jax.list_models("inpaint", converted=True)) == {"ACS-WFC-F606W-2-32", "ACS-WFC-F606W-3-32"}
     with pytest.raises(ValueError, match="a mask network is needed"):
         deepcr_jax.load_params(deepcr_jax.zoo.weights_path("ACS-WFC-F606W-2-32"), kind="mask")
     with pytest.raises(ValueError, match="kind must be"):

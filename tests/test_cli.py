@@ -60,7 +60,7 @@ def test_models_table(capsys):
         row = lines[name]
         assert row[1:4] == [spec.kind, spec.label, spec.arch.norm]
         assert row[6] == ("yes" if spec.registered else "no")
-    assert len(MODELS) == 10 and lines["ACS-WFC-F606W-2-4"][2] == "2-4" and lines["example_model"][4] == "100"
+    assert sum(s.converted for s in MODELS.values()) == 10 and lines["ACS-WFC-F606W-2-4"][2] == "2-4" and lines["example_model"][4] == "100"
     rc, out, _ = run(capsys, "models", "--kind", "inpaint")
     assert rc == 0 and "ACS-WFC-F606W-3-32" in out and "decam" not in out
 

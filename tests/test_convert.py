@@ -15,7 +15,7 @@ from deepcr_jax import convert as cv
 from deepcr_jax import weights as W
 from deepcr_jax.arch import Architecture
 from deepcr_jax.nets import Affine, BatchNorm, Conv, ConvTranspose2x2, UNet, WeightNormConv
-from deepcr_jax.zoo import MODELS, weights_path
+from deepcr_jax.zoo import MODELS, list_models, weights_path
 
 torch = pytest.importorskip("torch")
 
@@ -193,7 +193,7 @@ def test_legacy_and_zip_formats_both_read(tmp_path, rng):
 
 
 @requires_reference
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list_models(converted=True))
 def test_shipped_npz_equals_fresh_conversion_of_pypi_pth(name):
     spec = MODELS[name]
     root = os.path.dirname(next(iter(importlib.util.find_spec("learned_models").submodule_search_locations)))
@@ -207,3 +207,34 @@ def test_shipped_npz_equals_fresh_conversion_of_pypi_pth(name):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.parametrize("name", list_models(converted=False))
+def test_trained_zoo_model_is_what_its_entry_records(name):
+    """A trained zoo model: the arrays the entry's digest names, the entry's metadata, and its training record."""
+    spec = MODELS[name]
+    assert not spec.converted and spec.source.startswith("python -m train --config ")
+    variables, meta = W.load_npz(weights_path(name))
+    assert W.sha256_arrays(variables) == spec.source_sha256
+    assert {k: meta[k] for k in spec.meta()} == spec.meta()
+    training = meta["training"]
+    assert training["kind"] == spec.kind and (training["depth"], training["hidden"]) == (spec.arch.depth, spec.arch.hidden)
+    assert training["scale"] == spec.scale and training["standardize"] == spec.standardize
+    # the command in ``source`` names the preset and every override the run used
+    preset, *overrides = spec.source.split("--config ")[1].split()
+    assert preset == training["name"]
+    for item in overrides:
+        key, value = item.split("=")
+        assert str(training[key]) == value, key
+    assert meta["data"].startswith("deepcr_jax.simulate") and meta["validation"]["epoch"] >= 0
+
+
+def test_sha256_arrays_sees_every_change():
+    a = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}}
+    base = W.sha256_arrays(a)
+    assert W.sha256_arrays({"params": {"w": a["params"]["w"].copy()}}) == base
+    assert W.sha256_arrays({"params": {"w": a["params"]["w"].reshape(3, 2)}}) != base
+    assert W.sha256_arrays({"params": {"v": a["params"]["w"]}}) != base
+    b = a["params"]["w"].copy()
+    b[1, 2] += 1
+    assert W.sha256_arrays({"params": {"w": b}}) != base

@@ -24,8 +24,8 @@ from deepcr_jax.zoo import list_models
 
 pytestmark = requires_reference
 
-MASK_MODELS = list_models("mask")
-INPAINT_MODELS = list_models("inpaint")
+MASK_MODELS = list_models("mask", converted=True)  # trained models have no reference
+INPAINT_MODELS = list_models("inpaint", converted=True)
 
 #: The inpainted pixels are network outputs in electrons, up to ~1e4 e- on
 #: these frames; float32 carries ~7 significant digits, and the two

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         "\nd-h: depth-hidden channels (the paper's 2-32). 'in deepCR' = registered in deepCR 0.3.1's "
         "mask_dict/inpaint_dict;\nthe others ship there as files only (their scale is documented in "
-        "deepcr_jax.zoo). Models see image / scale."
+        "deepcr_jax.zoo), except the *-jax-* models,\ntrained by deepcr-jax on simulated data. "
+        "Models see image / scale."
     )
     return EXIT_OK
