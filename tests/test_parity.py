@@ -4,13 +4,23 @@ The reference runs here (torch 2.13.0 CPU + deepCR 0.3.1), on the three real
 frames in shared/data/real, on synthetic fields and on sizes not divisible by
 4. Mask networks: max |p_ours - p_ref| <= 1e-5 on the probability map.
 
-One documented exception to the fixed 1e-5: where the float32 reference is
-itself further than 1e-5 from the same network evaluated in float64 (the
-4-channel ACS-WFC-F606W-2-4 on fields with stars of 1e4-1e5 e-: its few
-channels carry activations of thousands that cancel to logits near zero, and
-the reference's own rounding error reaches 3e-5), the bar is that error: we
-must then be as close to the float32 reference as it is to exact arithmetic.
-The test prints both numbers.
+The error rule, the same on every backend. Both implementations are float32
+approximations of one exact function, which the reference evaluated in
+float64 gives (``p64``). A pixel passes when
+
+* ``|p_ours - p_ref| <= 1e-5`` (bit-level agreement up to summation order), or
+* ``|p_ours - p64| <= max(1e-5, |p_ref - p64|)``: we are at least as close to
+  exact arithmetic as the float32 reference itself is.
+
+The second clause matters where the float32 reference has a rounding error of
+its own above 1e-5: the 4-channel ACS-WFC-F606W-2-4 on fields with stars of
+1e4-1e5 e- (its few channels carry activations of thousands that cancel to
+logits near zero; the reference's own error reaches 3e-5), and on GPUs, where
+cuDNN's algorithm choice changes the summation order (WFC3-UVIS on the raw
+``a8280271`` frame differed from the CPU reference by 1.14e-5 / 1.43e-5 in
+two H100 runs). On a GPU the suite also runs XLA with
+``--xla_gpu_deterministic_ops`` (conftest), so a rerun gives the same bits.
+The test prints the worst difference and the reference's own error.
 """
 
 from __future__ import annotations
@@ -35,6 +45,23 @@ INPAINT_MODELS = list_models("inpaint", converted=True)
 #: an absolute floor of 1e-5 e- near zero) — far below the ~5 e- read noise.
 INPAINT_RTOL = 1e-5
 
+def within_error_rule(p: np.ndarray, p_ref: np.ndarray, p64: np.ndarray) -> np.ndarray:
+    """Per pixel: the error rule of the module docstring (True = passes)."""
+    p, p_ref, p64 = (np.asarray(a, np.float64) for a in (p, p_ref, p64))
+    own = np.abs(p_ref - p64)
+    return (np.abs(p - p_ref) <= PARITY_ATOL) | (np.abs(p - p64) <= np.maximum(PARITY_ATOL, own))
+
+
+def test_error_rule_on_hand_built_cases():
+    ref64 = np.array([0.5, 0.5, 0.5, 0.5, 0.5])
+    ref32 = np.array([0.5, 0.5, 0.50003, 0.50003, 0.5])
+    ours = np.array([0.500009, 0.500011, 0.49998, 0.49996, 0.499995])
+    # 1: within 1e-5 of the reference; 2: 1.1e-5 off, and 1.1e-5 from exact while
+    # the reference is exact: fails; 3: 5e-5 from the reference, but 2e-5 from exact
+    # where the reference is 3e-5 off: passes; 4: 4e-5 from exact > 3e-5: fails
+    np.testing.assert_array_equal(within_error_rule(ours, ref32, ref64), [True, False, True, False, True])
+
+
 def _images(real_frames):
     rng = np.random.default_rng(7)
     out = {name: img for name, img in real_frames.items()}
@@ -55,11 +82,15 @@ def test_mask_probability_matches_reference(model, real_frames):
         p_ref = ref.clean(img.astype(np.float32), segment=False, binary=False)
         p = cleaner.clean(img, binary=False)
         assert p.shape == img.shape and p.dtype == np.float32
+        p64 = float64_probability(ref, img.astype(np.float32))
         diff = float(np.max(np.abs(p - p_ref)))
-        ref_err = float(np.max(np.abs(p_ref - float64_probability(ref, img.astype(np.float32)))))
-        worst, worst_ref = max(worst, diff), max(worst_ref, ref_err)
-        bar = max(PARITY_ATOL, ref_err)
-        assert diff <= bar, f"{model} on {name}: max |diff| {diff:.2e} > {bar:.2e}"
+        worst, worst_ref = max(worst, diff), max(worst_ref, float(np.max(np.abs(p_ref - p64))))
+        bad = ~within_error_rule(p, p_ref, p64)
+        assert not bad.any(), (
+            f"{model} on {name}: {int(bad.sum())} pixels fail the error rule; max |diff| {diff:.2e}, "
+            f"there |p - p64| {float(np.max(np.abs(p - p64)[bad])):.2e} vs the reference's "
+            f"{float(np.max(np.abs(p_ref - p64)[bad])):.2e}"
+        )
         # the binary masks agree except where the reference sits within the
         # numerical tolerance of the threshold
         b_ref = p_ref > 0.5
