@@ -56,24 +56,9 @@ def make_file(args) -> str:
     path, seed, shape = args
     if os.path.exists(path):
         return path
-    from astropy.io import fits
+    from deepcr_jax.simulate import write_flc
 
-    from deepcr_jax.simulate import simulate_exposure
-
-    primary = fits.PrimaryHDU()
-    primary.header["INSTRUME"], primary.header["DETECTOR"] = "ACS", "WFC"
-    hdus = [primary]
-    for ver in (1, 2):
-        exp = simulate_exposure("extragalactic", shape, seed=1000 * seed + ver)
-        sci = fits.ImageHDU(exp.image, name="SCI")
-        sci.header["EXTVER"], sci.header["BUNIT"] = ver, "ELECTRONS"
-        dq = fits.ImageHDU(np.zeros(shape, np.int16), name="DQ")
-        dq.header["EXTVER"] = ver
-        hdus += [sci, dq]
-    tmp = path + ".part"
-    fits.HDUList(hdus).writeto(tmp, overwrite=True)
-    os.replace(tmp, path)
-    return path
+    return os.fspath(write_flc(path, [1000 * seed + 1, 1000 * seed + 2], shape))
 
 
 def lacosmic_one(args) -> str:

@@ -19,9 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from astropy.io import fits
 
 pytest.importorskip("distributed")
 
@@ -36,20 +34,9 @@ TIMEOUT = 120  # s, any one distributed run
 
 
 def make_file(path, seed: int) -> str:
-    from deepcr_jax.simulate import simulate_exposure
+    from deepcr_jax.simulate import write_flc
 
-    primary = fits.PrimaryHDU()
-    primary.header["INSTRUME"], primary.header["DETECTOR"] = "ACS", "WFC"
-    hdus = [primary]
-    for ver in (1, 2):
-        exp = simulate_exposure("extragalactic", SHAPE, seed=100 * seed + ver)
-        sci = fits.ImageHDU(exp.image, name="SCI")
-        sci.header["EXTVER"], sci.header["BUNIT"] = ver, "ELECTRONS"
-        dq = fits.ImageHDU(np.zeros(SHAPE, np.int16), name="DQ")
-        dq.header["EXTVER"] = ver
-        hdus += [sci, dq]
-    fits.HDUList(hdus).writeto(path)
-    return str(path)
+    return str(write_flc(path, [100 * seed + 1, 100 * seed + 2], SHAPE))
 
 
 @pytest.fixture(scope="module")

@@ -54,18 +54,12 @@ def _commands() -> list[str]:
 @requires_reference
 def test_command_lines_run(tmp_path):
     """The README's ``deepcr-jax`` / ``python -m train`` commands, on small real files, in a fresh folder."""
-    from astropy.io import fits
 
     from deepcr_jax.reference import learned_models_root
-    from deepcr_jax.simulate import simulate_exposure
+    from deepcr_jax.simulate import write_flc
 
     def flc(path, seed):
-        ex = simulate_exposure("extragalactic", (128, 128), seed=seed)
-        sci = fits.ImageHDU(ex.image, name="SCI", ver=1)
-        sci.header["BUNIT"] = "ELECTRONS"
-        hdr = fits.PrimaryHDU()
-        hdr.header["INSTRUME"], hdr.header["DETECTOR"] = "ACS", "WFC"
-        fits.HDUList([hdr, sci, fits.ImageHDU(np.zeros((128, 128), np.int16), name="DQ", ver=1)]).writeto(path)
+        write_flc(path, [seed], (128, 128))
 
     flc(tmp_path / "j8xi01abq_flc.fits", 1)
     (tmp_path / "night" / "a").mkdir(parents=True)

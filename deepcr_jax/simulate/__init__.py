@@ -33,7 +33,7 @@ Model summary
   grow within 1 px, sigma from the CR-free expectation).
 
 Layout: ``_exposure`` (one exposure, the model's parameters), ``_dataset``
-(stamp stacks and their ``.npz`` files), ``_scene``/``_psf``/``_cosmics``/
+(stamp stacks and their ``.npz`` files), ``_files`` (``_flc``-like FITS files), ``_scene``/``_psf``/``_cosmics``/
 ``_detector`` (the physics); the saturation rule is
 :func:`deepcr_jax.hst.saturation_mask`, shared with real frames.
 """
@@ -56,6 +56,7 @@ from ._exposure import (
     simulate_chip,
     simulate_exposure,
 )
+from ._files import write_flc
 
 __all__ = [
     "CHIP_SHAPE",
@@ -79,4 +80,5 @@ __all__ = [
     "save_dataset",
     "simulate_chip",
     "simulate_exposure",
+    "write_flc",
 ]
