@@ -18,7 +18,10 @@ with the ignore mask; stamps from the simulator
     already as tensors (NCHW, and channels_last).
 (c) deepcr-jax: ``make_train_step(get_config("mask_2_32"))`` (jit, state
     donated; sky augmentation and flips inside the step) on batches already on
-    the device, and the whole host pipeline (``EpochIterator`` +
+    the device, with ``kernels="xla"`` (the plain flax graph) and the default
+    ``kernels="auto"`` (on one CPU device: the native training kernels of
+    ``deepcr_jax.training.fast_ops``, else the same as ``"xla"``), and the
+    whole host pipeline with the default kernels (``EpochIterator`` +
     ``Prefetcher`` + ``device_put`` + step).
 
 Best and median of ``--repeats`` epochs after a warm-up of 2 batches
@@ -190,7 +193,7 @@ def torch_bn_loop(pool, n_train: int, batch: int, gpu: bool, channels_last: bool
     return warm, epoch, n_batches * batch
 
 
-def jax_step(pool, n_train: int, batch: int, pipeline: bool):
+def jax_step(pool, n_train: int, batch: int, pipeline: bool, kernels: str = "auto"):
     """(c) deepcr-jax's jitted train step; on device-resident batches, or fed by the host pipeline."""
     from deepcr_jax.training.config import get_config
     from deepcr_jax.training.state import create_state
@@ -198,7 +201,7 @@ def jax_step(pool, n_train: int, batch: int, pipeline: bool):
 
     image, cr, ignore, sky = pool
     size = image.shape[-1]
-    config = get_config("mask_2_32", batch_size=batch, crop=size, progress=False, plot_every=0)
+    config = get_config("mask_2_32", batch_size=batch, crop=size, progress=False, plot_every=0, kernels=kernels)
     step = make_train_step(config)
     key = jax.random.key(0)
     box = {"state": create_state(config, key)}
@@ -314,7 +317,9 @@ def main(argv=None) -> int:
             candidates.append((label, lambda cl=cl: torch_bn_loop(pool, n_train, batch, tgpu, cl)))
     if "c" in peers:
         dev = "JAX default device"
-        candidates.append((f"(c) deepcr-jax make_train_step (jit, donated; XLA conv), batches on {dev}",
+        candidates.append((f"(c) deepcr-jax make_train_step (jit, donated; kernels=xla), batches on {dev}",
+                           lambda: jax_step(pool, n_train, batch, pipeline=False, kernels="xla")))
+        candidates.append((f"(c) deepcr-jax make_train_step (jit, donated; kernels=auto), batches on {dev}",
                            lambda: jax_step(pool, n_train, batch, pipeline=False)))
         candidates.append((f"(c) deepcr-jax EpochIterator + Prefetcher + device_put + step on {dev}",
                            lambda: jax_step(pool, n_train, batch, pipeline=True)))

@@ -23,6 +23,8 @@ Normalisation variants
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any, Literal
 
 import flax.linen as nn
@@ -31,7 +33,7 @@ import jax.numpy as jnp
 
 from deepcr_jax.arch import blocks
 
-__all__ = ["Affine", "BatchNorm", "ConvTranspose2x2", "DoubleConv", "UNet", "WeightNormConv"]
+__all__ = ["Affine", "BatchNorm", "ConvTranspose2x2", "DoubleConv", "Ops", "UNet", "WeightNormConv"]
 
 Norm = Literal["batch", "weight", "affine", "none"]
 Head = Literal["sigmoid", "identity"]
@@ -41,6 +43,38 @@ TORCH_BN_MOMENTUM = 0.005
 BN_EPS = 1e-5
 
 
+@dataclasses.dataclass(frozen=True)
+class Ops:
+    """Other implementations of the network's heaviest operations; None: the default.
+
+    Each must compute what the default computes (same parameters, same
+    results up to float rounding); training sets them on CPU, where XLA's
+    gradients of these operations are slow (:mod:`deepcr_jax.training.fast_ops`).
+
+    Attributes
+    ----------
+    conv3x3 : callable, optional
+        ``(x, kernel, bias) -> conv3x3_same(x, kernel) + bias`` (NHWC, HWIO).
+    batch_norm_relu : callable, optional
+        ``(x, scale, bias, eps, stats) -> (relu(y), mean, var)``: BatchNorm
+        and ReLU as :class:`BatchNorm` with ``relu=True`` computes them:
+        ``stats`` None (``train=True``): on the batch statistics (``mean``
+        and the biased ``var`` over all axes but the last); else on the
+        given running ``(mean, var)``.
+    max_pool2 : callable, optional
+        ``x -> max_pool2(x)`` (2×2, stride 2, NHWC, even sizes).
+    """
+
+    conv3x3: Callable | None = None
+    batch_norm_relu: Callable | None = None
+    max_pool2: Callable | None = None
+
+
+def _op(ops: Ops | None, name: str, default: Callable) -> Callable:
+    fn = None if ops is None else getattr(ops, name)
+    return default if fn is None else fn
+
+
 class BatchNorm(nn.Module):
     """BatchNorm over all axes but the last, with torch's semantics.
 
@@ -48,10 +82,14 @@ class BatchNorm(nn.Module):
     variance with the unbiased one, as ``torch.nn.BatchNorm2d`` does.
 
     Parameters ``scale``/``bias`` (C,); batch statistics ``mean``/``var`` (C,).
+    ``relu``: apply ReLU to the output. ``ops.batch_norm_relu`` (see
+    :class:`Ops`), if set, computes the output with ``relu``.
     """
 
     momentum: float = TORCH_BN_MOMENTUM
     epsilon: float = BN_EPS
+    relu: bool = False
+    ops: Ops | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -60,20 +98,26 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
-        if train:
+        fused = _op(self.ops, "batch_norm_relu", None) if self.relu else None
+        if fused is not None:
+            y, mean, var = fused(x, scale, bias, self.epsilon, None if train else (ra_mean.value, ra_var.value))
+        elif train:
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(x, axis=axes)
             var = jnp.mean(jnp.square(x - _channel(mean, x.ndim)), axis=axes)
-            if not self.is_initializing():
-                n = x.size // c
-                unbiased = var * (n / max(n - 1, 1))
-                m = self.momentum
-                ra_mean.value = (1 - m) * ra_mean.value + m * jax.lax.stop_gradient(mean)
-                ra_var.value = (1 - m) * ra_var.value + m * jax.lax.stop_gradient(unbiased)
         else:
             mean, var = ra_mean.value, ra_var.value
+        if train and not self.is_initializing():
+            n = x.size // c
+            unbiased = var * (n / max(n - 1, 1))
+            m = self.momentum
+            ra_mean.value = (1 - m) * ra_mean.value + m * jax.lax.stop_gradient(mean)
+            ra_var.value = (1 - m) * ra_var.value + m * jax.lax.stop_gradient(unbiased)
+        if fused is not None:
+            return y
         inv = scale * jax.lax.rsqrt(var + self.epsilon)
-        return (x - _channel(mean, x.ndim)) * _channel(inv, x.ndim) + _channel(bias, x.ndim)
+        y = (x - _channel(mean, x.ndim)) * _channel(inv, x.ndim) + _channel(bias, x.ndim)
+        return nn.relu(y) if self.relu else y
 
 
 class Affine(nn.Module):
@@ -127,17 +171,21 @@ def _channel(v: jax.Array, ndim: int) -> jax.Array:
 
 
 class Conv(nn.Module):
-    """Stride-1 'same' convolution; ``kernel`` (k, k, in, out) HWIO, ``bias`` (out,)."""
+    """Stride-1 'same' convolution; ``kernel`` (k, k, in, out) HWIO, ``bias`` (out,).
+
+    ``ops.conv3x3`` (see :class:`Ops`), if set, computes the 3×3 ones.
+    """
 
     features: int
     size: int = 3
+    ops: Ops | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         init = torch_uniform(self.size * self.size * x.shape[-1])
         kernel = self.param("kernel", init, (self.size, self.size, x.shape[-1], self.features))
         bias = self.param("bias", init, (self.features,))
-        return _conv(x, kernel, bias)
+        return (_op(self.ops, "conv3x3", _conv) if self.size == 3 else _conv)(x, kernel, bias)
 
 
 class WeightNormConv(nn.Module):
@@ -145,9 +193,11 @@ class WeightNormConv(nn.Module):
 
     ``v`` (3, 3, in, out) HWIO, ``g`` (out,), ``bias`` (out,); the norm runs
     over the three non-output axes (torch ``weight_norm(dim=0)``).
+    ``ops.conv3x3`` as for :class:`Conv`.
     """
 
     features: int
+    ops: Ops | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -155,7 +205,7 @@ class WeightNormConv(nn.Module):
         v = self.param("v", init, (3, 3, x.shape[-1], self.features))
         g = self.param("g", lambda key, shape: jnp.sqrt(jnp.sum(v**2, axis=(0, 1, 2))), (self.features,))
         bias = self.param("bias", init, (self.features,))
-        return _conv(x, weight_norm_kernel(g, v), bias)
+        return _op(self.ops, "conv3x3", _conv)(x, weight_norm_kernel(g, v), bias)
 
 
 def weight_norm_kernel(g: jax.Array, v: jax.Array) -> jax.Array:
@@ -195,11 +245,12 @@ class DoubleConv(nn.Module):
     ``valid`` (n, ny, nx, 1), optional: 1 inside the image, 0 outside. Each
     conv's input is multiplied by it, so a tile that reaches past the image
     edge computes exactly what the whole-image forward computes with its
-    zero padding.
+    zero padding. ``ops``: see :class:`Ops`.
     """
 
     features: int
     norm: Norm = "batch"
+    ops: Ops | None = None
 
     @nn.compact
     def __call__(
@@ -210,12 +261,12 @@ class DoubleConv(nn.Module):
     ) -> jax.Array:
         for i in range(2):
             x = _apply_valid(x, valid)
-            x = (WeightNormConv if self.norm == "weight" else Conv)(self.features, name=f"conv{i}")(x)
-            if self.norm == "batch":
-                x = BatchNorm(name=f"bn{i}")(x, train=train)
-            elif self.norm == "affine":
-                x = Affine(self.features, name=f"bn{i}")(x)
-            x = nn.relu(x)
+            conv = WeightNormConv if self.norm == "weight" else Conv
+            x = conv(self.features, ops=self.ops, name=f"conv{i}")(x)
+            if self.norm == "batch":  # with its ReLU (ops may fuse the two)
+                x = BatchNorm(relu=True, ops=self.ops, name=f"bn{i}")(x, train=train)
+            else:
+                x = nn.relu(Affine(self.features, name=f"bn{i}")(x) if self.norm == "affine" else x)
         return x
 
 
@@ -224,6 +275,7 @@ class Up(nn.Module):
 
     features: int
     norm: Norm = "batch"
+    ops: Ops | None = None
 
     @nn.compact
     def __call__(
@@ -235,7 +287,7 @@ class Up(nn.Module):
     ) -> jax.Array:
         x = ConvTranspose2x2(self.features, name="up")(x)
         x = jnp.concatenate([skip, x], axis=-1)
-        return DoubleConv(self.features, self.norm, name="conv")(x, train=train, valid=valid)
+        return DoubleConv(self.features, self.norm, self.ops, name="conv")(x, train=train, valid=valid)
 
 
 def max_pool2(x: jax.Array) -> jax.Array:
@@ -264,6 +316,10 @@ class UNet(nn.Module):
         block (``inc``, which sees the raw image with its large dynamic
         range) and the output head stay in the input's dtype. None: the
         input's dtype throughout.
+    ops : Ops, optional
+        Other implementations of the convolutions, batch-statistics
+        BatchNorm and max pool (training sets them on CPU); same parameters
+        and results. None: the defaults.
 
     Call with ``x`` of shape ``(n, ny, nx, in_channels)``, ``ny`` and ``nx``
     multiples of ``2**(depth-1)``; returns ``(n, ny, nx, out_channels)``.
@@ -280,6 +336,7 @@ class UNet(nn.Module):
     norm: Norm = "batch"
     head: Head = "sigmoid"
     compute_dtype: Any = None
+    ops: Ops | None = None
 
     @nn.compact
     def __call__(
@@ -294,8 +351,9 @@ class UNet(nn.Module):
         for block in blocks(self.depth, self.hidden, x.shape[-1]):
             if block.role == "encoder":
                 if block.pool:
-                    x, v = max_pool2(x), None if v is None else max_pool2(v)
-                x = DoubleConv(block.out_channels, self.norm, name=block.name)(x, train=train, valid=v)
+                    pool = _op(self.ops, "max_pool2", max_pool2)
+                    x, v = pool(x), None if v is None else pool(v)
+                x = DoubleConv(block.out_channels, self.norm, self.ops, name=block.name)(x, train=train, valid=v)
                 if block.name == "inc" and self.compute_dtype is not None:
                     x = x.astype(self.compute_dtype)
                     v = None if v is None else v.astype(self.compute_dtype)
@@ -304,6 +362,6 @@ class UNet(nn.Module):
                 if len(levels) == self.depth:  # the deepest level feeds the first up block
                     levels.pop()
                 skip, v = levels.pop()
-                x = Up(block.out_channels, self.norm, name=block.name)(x, skip, train=train, valid=v)
+                x = Up(block.out_channels, self.norm, self.ops, name=block.name)(x, skip, train=train, valid=v)
         y = Conv(self.out_channels, size=1, name="outc")(x.astype(io_dtype))
         return nn.sigmoid(y) if self.head == "sigmoid" else y

@@ -57,7 +57,9 @@ def _worker_devices(out: str) -> None:
     from deepcr_jax.training.step import make_train_step
 
     assert jax.device_count() == 8, jax.devices()
-    cfg = get_config("mask_2_4.smoke", batch_size=8)
+    # kernels="xla" on both sides: the CPU training kernels run only on one device ("auto"), and their
+    # float rounding differs from XLA's (Adam turns the noise of the zero conv-bias gradients into +-lr)
+    cfg = get_config("mask_2_4.smoke", batch_size=8, kernels="xla")
     batch = data.EpochIterator(_dataset(), 8, 32, seed=0).batch(0, 0)
     key = jax.random.key(0)
     results = {}
@@ -82,7 +84,7 @@ def _worker_processes(out: str, port: str, pid: str, nproc: str) -> None:
     from deepcr_jax.training.state import create_state, replicate
     from deepcr_jax.training.step import make_train_step
 
-    cfg = get_config("mask_2_4.smoke", batch_size=4)
+    cfg = get_config("mask_2_4.smoke", batch_size=4, kernels="xla")  # as in _worker_devices
     it = data.EpochIterator(_dataset(), 4, 32, seed=0, process_index=jax.process_index(),
                             process_count=jax.process_count())
     mesh = make_mesh()

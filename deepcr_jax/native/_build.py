@@ -30,11 +30,17 @@ log = logging.getLogger(__name__)
 TARGETS = {
     "deepcr_conv3x3_affine_relu": "DeepcrConv3x3AffineRelu",
     "deepcr_upconv2x2": "DeepcrUpConv2x2",
+    "deepcr_conv3x3_narrow": "DeepcrConv3x3Narrow",
+    "deepcr_upconv2x2_narrow": "DeepcrUpConv2x2Narrow",
     "deepcr_conv3x3_bf16": "DeepcrConv3x3Bf16",
     "deepcr_upconv2x2_bf16": "DeepcrUpConv2x2Bf16",
+    "deepcr_conv3x3_plain": "DeepcrConv3x3Plain",
+    "deepcr_conv3x3_weight_grad": "DeepcrConv3x3WeightGrad",
+    "deepcr_channel_stats": "DeepcrChannelStats",
+    "deepcr_bn_relu_grad_sums": "DeepcrBnReluGradSums",
 }
 #: the translation units compiled into the one library; _shared.cc is included by both
-SOURCES = ("conv3x3.cc", "bf16.cc")
+SOURCES = ("conv3x3.cc", "bf16.cc", "conv3x3_grad.cc")
 _HEADERS = ("_shared.cc",)
 #: bits of DeepcrCpuPaths() -> bf16 path names (see bf16.cc)
 BF16_PATHS = {"avx512bf16": 1, "amx": 2}

@@ -54,10 +54,13 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-using deepcr::leading;
+using deepcr::check_conv3x3;
+using deepcr::check_upconv2x2;
+using deepcr::ConvDims;
+using deepcr::ConvForm;
 using deepcr::parallel_for;
 using deepcr::ROWS_PER_TASK;
-using deepcr::unit_leading;
+using deepcr::UpDims;
 
 typedef uint16_t bf16;
 
@@ -427,37 +430,18 @@ ffi::Error Conv3x3Bf16(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x0, ffi::Buf
                        ffi::Buffer<ffi::F32> alpha, ffi::Buffer<ffi::F32> beta, ffi::Buffer<ffi::F32> head_w,
                        ffi::Buffer<ffi::F32> head_b, ffi::Result<ffi::AnyBuffer> y, int32_t head, int32_t path) {
   if (ffi::Error e = check_path(path); e.failure()) return e;
-  const auto d0 = x0.dimensions(), d1 = x1.dimensions(), wd = w.dimensions();
-  if (d0.size() < 3 || d1.size() != d0.size()) return ffi::Error::InvalidArgument("x0, x1 must be (..., H, W, C)");
-  const bool no_x1 = d1[d1.size() - 1] == 0;
-  for (size_t k = 0; k + 1 < d0.size() && !no_x1; k++)
-    if (d1[k] != d0[k]) return ffi::Error::InvalidArgument("x1 must match x0 but for its channels");
-  const size_t k = wd.size();
-  if (!unit_leading(wd, 5) || wd[k - 5] != 3 || wd[k - 4] != 3 || wd[k - 1] != 2)
-    return ffi::Error::InvalidArgument("w must be (3, 3, Ci / 2, Co, 2) (weights cannot be batched)");
-  const int64_t H = d0[d0.size() - 3], W = d0[d0.size() - 2];
-  const int64_t C0 = d0[d0.size() - 1], C1 = d1[d1.size() - 1], Co = wd[k - 2];
-  if (C0 % 2 || C1 % 2) return ffi::Error::InvalidArgument("input channels must be even");
-  if (2 * wd[k - 3] != C0 + C1) return ffi::Error::InvalidArgument("w's input channels differ from x0's + x1's");
-  if (Co % 32 != 0) return ffi::Error::InvalidArgument("output channels must be a multiple of 32");
-  if (bias.element_count() != static_cast<size_t>(Co) || alpha.element_count() != static_cast<size_t>(Co) ||
-      beta.element_count() != static_cast<size_t>(Co))
-    return ffi::Error::InvalidArgument("bias, alpha and beta must have Co elements");
-  if (head < 0 || head > 2) return ffi::Error::InvalidArgument("head must be 0, 1 or 2");
-  if (head && (Co != 32 || head_w.element_count() != 32 || head_b.element_count() != 1))
-    return ffi::Error::InvalidArgument("a fused head needs Co == 32, head_w (32,) and head_b (1,)");
+  ConvDims d;
+  if (ffi::Error e = check_conv3x3(ConvForm{2, false, false}, x0.dimensions(), x1.dimensions(), w.dimensions(),
+                                   bias.element_count(), alpha.element_count(), beta.element_count(), head,
+                                   head_w.element_count(), head_b.element_count(), bounds.typed_data(),
+                                   bounds.element_count(), d);
+      e.failure())
+    return e;
   if (y->element_type() != (head ? ffi::DataType::F32 : ffi::DataType::BF16))
     return ffi::Error::InvalidArgument("y must be bf16, or float32 with a head");
-  const int64_t n = leading(d0, 3);
-  if (bounds.element_count() != static_cast<size_t>(4 * n))
-    return ffi::Error::InvalidArgument("bounds must be (..., 4), one row per image");
-  if (n * H * W == 0) return ffi::Error::Success();
-  for (int64_t j = 0; j < n; j++) {
-    const int32_t* b = bounds.typed_data() + 4 * j;
-    if (b[0] < 0 || b[1] > H || b[2] < 0 || b[3] > W)
-      return ffi::Error::InvalidArgument("bounds must lie inside the image");
-  }
+  if (d.empty()) return ffi::Error::Success();
 #if defined(DEEPCR_X86_BF16)
+  const int64_t n = d.n, H = d.H, W = d.W, C0 = d.C0, C1 = d.C1, Co = d.Co;
   const ProblemBf16 p{x0.typed_data(), x1.typed_data(), bounds.typed_data(), w.typed_data(),
                       bias.typed_data(), alpha.typed_data(), beta.typed_data(), head_w.typed_data(),
                       head ? head_b.typed_data()[0] : 0.0f, head, y->untyped_data(), H, W, C0, C1, Co,
@@ -480,18 +464,13 @@ ffi::Error Conv3x3Bf16(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x0, ffi::Buf
 ffi::Error UpConv2x2Bf16(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x, ffi::Buffer<ffi::BF16> w,
                          ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::BF16> y, int32_t path) {
   if (ffi::Error e = check_path(path); e.failure()) return e;
-  const auto xd = x.dimensions(), wd = w.dimensions();
-  const size_t k = wd.size();
-  if (xd.size() < 3) return ffi::Error::InvalidArgument("x must be (..., h, w, Ci)");
-  if (!unit_leading(wd, 5) || wd[k - 5] != 2 || wd[k - 4] != 2 || wd[k - 1] != 2)
-    return ffi::Error::InvalidArgument("w must be (2, 2, Ci / 2, Co, 2) (weights cannot be batched)");
-  const int64_t h = xd[xd.size() - 3], wi = xd[xd.size() - 2], Ci = xd[xd.size() - 1], Co = wd[k - 2];
-  if (Ci % 2 || 2 * wd[k - 3] != Ci) return ffi::Error::InvalidArgument("w's input channels differ from x's (even)");
-  if (Co % 32 != 0) return ffi::Error::InvalidArgument("output channels must be a multiple of 32");
-  if (bias.element_count() != static_cast<size_t>(Co)) return ffi::Error::InvalidArgument("bias must have Co elements");
-  const int64_t rows = leading(xd, 3) * h;
-  if (rows * wi == 0) return ffi::Error::Success();
+  UpDims d;
+  if (ffi::Error e = check_upconv2x2(ConvForm{2, false, false}, x.dimensions(), w.dimensions(), bias.element_count(), d);
+      e.failure())
+    return e;
+  if (d.empty()) return ffi::Error::Success();
 #if defined(DEEPCR_X86_BF16)
+  const int64_t rows = d.rows, wi = d.w, Ci = d.Ci, Co = d.Co;
   const bf16 *xp = x.typed_data(), *wp = w.typed_data();
   const float* bp = bias.typed_data();
   bf16* yp = y->typed_data();

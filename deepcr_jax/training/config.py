@@ -63,11 +63,13 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # also checkpoint every K steps mid-epoch (0: only at epoch ends)
     plot_every: int = 5  # training-curve and example PNGs every N epochs (0: never)
     progress: bool = True  # tqdm progress bar
+    kernels: str = "auto"  # "auto": CPU training kernels (training/fast_ops.py) on one CPU device; "native"; "xla"
 
     def __post_init__(self) -> None:
         _check_choice("kind", self.kind, ("mask", "inpaint"))
         _check_choice("depth", self.depth, (2, 3))
         _check_choice("norm", self.norm, ("batch", "weight"))
+        _check_choice("kernels", self.kernels, ("auto", "native", "xla"))
         for f in ("hidden", "batch_size", "crop", "epochs_max", "patience", "sim_n", "sim_shape", "donors_max"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be >= 1; got {getattr(self, f)}")

@@ -47,7 +47,7 @@ __all__ = ["global_batch", "make_mesh", "train_and_evaluate"]
 log = logging.getLogger(__name__)
 
 #: Config fields that may change when a run is resumed (they do not change the numbers).
-RESUME_SAFE_FIELDS = ("epochs_max", "plot_every", "progress", "checkpoint_every_steps")
+RESUME_SAFE_FIELDS = ("epochs_max", "plot_every", "progress", "checkpoint_every_steps", "kernels")
 _OUTPUTS = ("metrics.jsonl", "best.npz", "config.json")
 
 

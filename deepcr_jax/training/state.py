@@ -20,19 +20,24 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from deepcr_jax.nets import UNet
 from deepcr_jax.training.config import TrainConfig
+from deepcr_jax.training.fast_ops import make_ops
 
 __all__ = ["create_state", "make_module", "make_optimizer", "replicate", "step_key"]
 
 
-def make_module(config: TrainConfig, *, logits: bool = True) -> UNet:
+def make_module(config: TrainConfig, *, logits: bool = True, mesh: Mesh | None = None) -> UNet:
     """The UNet being trained.
 
     ``logits=True`` (training): mask networks end without the sigmoid, so
     the loss works on log-odds; the parameters are the same as the exported
-    network's (the sigmoid head has none).
+    network's (the sigmoid head has none). ``config.kernels`` and ``mesh``
+    choose the implementation of the heavy operations
+    (:func:`deepcr_jax.training.fast_ops.make_ops`); the parameters are the
+    same either way.
     """
     head = "identity" if (logits or config.kind == "inpaint") else "sigmoid"
-    return UNet(depth=config.depth, hidden=config.hidden, norm=config.norm, head=head)
+    return UNet(depth=config.depth, hidden=config.hidden, norm=config.norm, head=head,
+                ops=make_ops(config.kernels, mesh))
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:

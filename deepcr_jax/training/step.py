@@ -95,7 +95,7 @@ def make_train_step(config: TrainConfig, mesh: Mesh | None = None, *, bn_frozen:
         ``metrics``: ``loss`` (mean over the global batch's counted pixels),
         ``count`` (those pixels), ``lr``.
     """
-    module = make_module(config)
+    module = make_module(config, mesh=mesh)
     tx = make_optimizer(config)
     bn_train = config.norm == "batch" and not bn_frozen
 
@@ -138,7 +138,7 @@ def make_eval_step(config: TrainConfig, mesh: Mesh | None = None) -> Callable:
     (B, ny, nx). ``key`` draws the inpainting masks (fixed per validation
     batch by the loop); unused by mask networks.
     """
-    module = make_module(config)
+    module = make_module(config, mesh=mesh)
 
     def eval_step(state: dict[str, Any], batch: dict[str, jax.Array], key: jax.Array):
         x, labels = network_input(config, batch, key, train=False)
