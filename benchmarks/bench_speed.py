@@ -17,19 +17,38 @@ matmul (torch, oneDNN: AMX where the CPU has it) for bf16 rows. On CPU the
 bfloat16 rows (deepcr-jax ``dtype="bfloat16"``, deepCR under
 ``torch.autocast("cpu", dtype=torch.bfloat16)``) run unless ``--no-bf16``.
 
-    python benchmarks/bench_speed.py [--quick] [--repeats 3] [--batches 1,10] [--no-bf16] [--stem speed]
+Host overhead (issue 13): a second table times ``clean()`` against the
+network alone on the same tiles already on the device (``Engine.forward``,
+one call per batch): for 100 stamps of 256x256 and a 4096x2048 chip, mask
+2-32, alternating the two ``--repeats`` times; the ratio is of the best
+times (and the median of the paired ratios, steadier on a loaded machine),
+with the calling thread's CPU time in ``clean()`` (the host's share of the
+work: the device computes on XLA's threads). ``--overhead`` runs only that
+table.
+
+Results go to benchmarks/results/<stem>.{md,json}; ``--out DIR`` writes them
+to DIR instead, and ``--quick`` (10 stamps, a 1024x1024 frame, 1 repeat)
+never writes to benchmarks/results: without ``--out`` it writes to a new
+temporary folder (printed at the end).
+
+    python benchmarks/bench_speed.py [--quick] [--overhead] [--out DIR] [--repeats 3] [--batches 1,10]
+                                     [--no-bf16] [--stem speed]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
+import tempfile
+import time
 
 import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common
 from _common import machine, timeit, write_results
 
 import deepcr_jax
@@ -68,7 +87,8 @@ def peak_gflops(kind: str, n: int = 4096, repeats: int = 5) -> float:
 def _jax_path(cleaner, which: str = "mask", tile: int = 256) -> tuple[str, str]:
     e = cleaner.engine(which, tile)
     kind = "fp32" if np.dtype(e.dtype) == np.float32 else "bf16"
-    return (f"native {e.isa}" if e.isa else "XLA"), kind
+    path = f"native {e.isa}" if e.isa else "XLA"
+    return (path if e.precision == "exact" else f"{path}, {e.precision}"), kind
 
 
 #: multiply-adds x 2 per pixel of the 2-32 mask network (3x3 convs dominate)
@@ -161,17 +181,19 @@ def astroscrappy_peer(stamps: np.ndarray, ignore: np.ndarray):
 
 def jax_peers(model: str, stamps: np.ndarray, inpaint: str | None, masks, tile: int, batches=(1,),
               dtypes=("float32",)):
+    """deepcr-jax rows; ``dtypes``: "float32", "bfloat16" (the dtype aliases) or "tf32" (the precision preset)."""
     out = {}
     for dtype in dtypes:
         tag = "" if dtype == "float32" else f", {dtype}"
+        setting = {"precision": "tf32"} if dtype == "tf32" else {"dtype": dtype}
         for b in batches:
             if inpaint is None:
-                cleaner = deepcr_jax.load(model, tile=tile, batch=b, dtype=dtype)
+                cleaner = deepcr_jax.load(model, tile=tile, batch=b, **setting)
                 name = f"deepcr-jax clean(stack){tag}, tile {tile}, batch {b}"
                 out[name] = lambda c=cleaner: c.clean(stamps)
                 PATHS[name] = _jax_path(cleaner, "mask", tile)
             else:
-                cleaner = deepcr_jax.load(model, inpaint=inpaint, tile=tile, batch=b, dtype=dtype)
+                cleaner = deepcr_jax.load(model, inpaint=inpaint, tile=tile, batch=b, **setting)
                 name = f"deepcr-jax inpaint(stack){tag}, tile {tile}, batch {b}"
                 out[name] = lambda c=cleaner: c.inpaint(stamps, masks)
                 PATHS[name] = _jax_path(cleaner, "inpaint", tile)
@@ -191,6 +213,86 @@ def jax_peers(model: str, stamps: np.ndarray, inpaint: str | None, masks, tile: 
     return out
 
 
+def device_tiles(engine, params, images: np.ndarray) -> list[tuple[jax.Array, jax.Array]]:
+    """The tiles ``clean(images)`` runs, cut once on the host and put on the devices: (x, valid) per batch.
+
+    ``images`` (n, ny, nx) in the model's units; the tiles of
+    :func:`deepcr_jax.tiling.plan_tiles` on deepCR's preprocessing, batched
+    as the engine batches them (stamps ``batch`` at a time; a frame's tiles
+    ``batch`` at a time).
+    """
+    from deepcr_jax.model import preprocess
+    from deepcr_jax.tiling import copy_window, plan_tiles
+
+    x, _ = preprocess(params, images, xp=np)
+    b, s, c = engine.batch, engine.tile, params.in_channels
+    jobs = []
+    for img in x:
+        plan = plan_tiles(img.shape[:2], s, params.depth)
+        jobs += [(img, plan.window(k)[:2]) for k in range(len(plan))]
+    batches = []
+    for start in range(0, len(jobs), b):
+        xb, vb = np.zeros((b, s, s, c), np.float32), np.zeros((b, s, s, 1), np.float32)
+        for slot, (img, (ty, tx)) in enumerate(jobs[start : start + b]):
+            copy_window(img, ty, tx, xb[slot], vb[slot, ..., 0])
+        batches.append((jax.device_put(xb, engine._data), jax.device_put(vb, engine._data)))
+    return batches
+
+
+def host_overhead(workload: str, model: str, images: np.ndarray, repeats: int) -> dict:
+    """``clean(images)`` against the network alone on its tiles, on the device; alternated ``repeats`` times."""
+    from deepcr_jax.model import PAD_MULTIPLE
+    from deepcr_jax.tiling import choose_tile
+
+    cleaner = deepcr_jax.load(model)
+    stack = images if images.ndim == 3 else images[None]
+    padded = tuple(-(-n // PAD_MULTIPLE) * PAD_MULTIPLE for n in stack.shape[1:])
+    engine = cleaner.engine("mask", choose_tile(padded, cleaner.params.depth, cleaner.tile))
+    batches = device_tiles(engine, cleaner.params, stack)
+
+    def network():
+        jax.block_until_ready([engine.forward(x, v) for x, v in batches])
+
+    def clean():
+        cleaner.clean(images)
+
+    times: dict[str, list[float]] = {"clean": [], "network": [], "clean_host_cpu": []}
+    clean(), network()  # warm-up: compile both
+    for r in range(repeats):
+        order = [("clean", clean), ("network", network)]
+        for name, fn in order[:: 1 if r % 2 == 0 else -1]:
+            t0, c0 = time.perf_counter(), time.thread_time()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+            if name == "clean":
+                times["clean_host_cpu"].append(time.thread_time() - c0)
+    ratios = [a / b for a, b in zip(times["clean"], times["network"])]
+    return {
+        "workload": workload,
+        "tile": engine.tile,
+        "batch": engine.batch,
+        "tiles": len(batches) * engine.batch,
+        "isa": f"native {engine.isa}" if engine.isa else "XLA",
+        "clean_best": min(times["clean"]),
+        "network_best": min(times["network"]),
+        "ratio_best": min(times["clean"]) / min(times["network"]),
+        "ratio_median": statistics.median(ratios),
+        # this thread's CPU time in clean(): the host's work (the device computes on XLA's threads)
+        "clean_host_cpu_best": min(times["clean_host_cpu"]),
+        "repeats": repeats,
+        "times": times,
+    }
+
+
+def overhead_table(results: list[dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["workload", "tiles (S, batch)", "ISA path", "clean() best [s]", "network alone best [s]",
+              "clean / network (best)", "clean / network (median of pairs)", "host CPU in clean() [s]"]
+    rows = [[r["workload"], f"{r['tiles']} ({r['tile']}, {r['batch']})", r["isa"], f"{r['clean_best']:.3f}",
+             f"{r['network_best']:.3f}", f"{r['ratio_best']:.3f}", f"{r['ratio_median']:.3f}",
+             f"{r['clean_host_cpu_best']:.3f}"] for r in results]
+    return header, rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="10 stamps, a 1024x1024 frame, 1 repeat")
@@ -199,7 +301,11 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-chip", action="store_true")
     ap.add_argument("--no-bf16", dest="bf16", action="store_false",
                     help="skip the bfloat16 rows (deepcr-jax dtype='bfloat16', torch bf16 autocast)")
-    ap.add_argument("--stem", default="speed", help="results file name (results/<stem>.md/.json)")
+    ap.add_argument("--stem", default="speed", help="results file name (<out>/<stem>.md/.json)")
+    ap.add_argument("--out", default=None, metavar="DIR",
+                    help="write the results here instead of benchmarks/results/ (--quick: a temporary folder)")
+    ap.add_argument("--overhead", action="store_true",
+                    help="only the host-overhead table: clean() vs the network alone on device-resident tiles")
     ap.add_argument(
         "--default-malloc",
         action="store_true",
@@ -207,6 +313,13 @@ def main(argv=None) -> int:
         "deepcr_jax.engine.tune_host_allocator)",
     )
     args = ap.parse_args(argv)
+    if args.quick and args.out is None:
+        out = tempfile.mkdtemp(prefix="bench_speed_quick_")
+    else:
+        out = args.out or _common.RESULTS
+    if args.quick and os.path.realpath(out) == os.path.realpath(_common.RESULTS):
+        ap.error("--quick never writes to benchmarks/results/; pass another --out")
+    _common.RESULTS = out
     from deepcr_jax.engine import tune_host_allocator
     from deepcr_jax.native import status as native_status
 
@@ -225,6 +338,30 @@ def main(argv=None) -> int:
     from deepcr_jax import native
 
     data["machine"]["cpu_bf16_paths"] = list(native.cpu_bf16_paths())
+    chip = None
+    if not args.skip_chip:
+        if args.quick:
+            chip = simulate_exposure("extragalactic", (1024, 1024), seed=5).image
+        else:
+            chip = simulate_chip("extragalactic", seed=5).image
+
+    def overhead() -> tuple[list[str], list[list[str]]]:
+        results = [host_overhead(f"{n} stamps 256x256, mask 2-32", "ACS-WFC", stamps, max(repeats, 2))]
+        if chip is not None:
+            results.append(host_overhead(f"chip {chip.shape[0]}x{chip.shape[1]}, mask 2-32", "ACS-WFC", chip,
+                                         max(repeats, 2)))
+        data["overhead"] = results
+        for r in results:
+            print(r["workload"], f"clean/network {r['ratio_best']:.3f} (median {r['ratio_median']:.3f})", flush=True)
+        return overhead_table(results)
+
+    if args.overhead:
+        header, rows = overhead()
+        text = write_results(args.stem, "Host overhead: clean() vs the network alone on device-resident tiles",
+                             header, rows, data)
+        print(text)
+        print(f"written to {_common.RESULTS}")
+        return 0
     peaks = {}
     if device == "CPU":
         peaks["fp32"] = peak_gflops("fp32")
@@ -253,6 +390,8 @@ def main(argv=None) -> int:
             print(rows[-1], flush=True)
 
     dtypes = ("float32", "bfloat16") if args.bf16 else ("float32",)
+    if device == "GPU":
+        dtypes += ("tf32",)  # TensorFloat-32 convolutions (precision="tf32"); a CPU would run exact float32
     for model, label in (("ACS-WFC", "mask 2-32"), ("ACS-WFC-F606W-2-4", "mask 2-4")):
         spec = deepcr_jax.MODELS[model]
         fl = flops_per_pixel(spec.arch.depth, spec.arch.hidden) * stamps.size
@@ -267,11 +406,7 @@ def main(argv=None) -> int:
         peers = torch_peers("ACS-WFC", stamps, model, masks, device, bf16=args.bf16)
         peers.update(jax_peers("ACS-WFC", stamps, model, masks, 256, batches, dtypes))
         record(f"{n} stamps 256x256, {label}", stamps.size, fl, peers)
-    if not args.skip_chip:
-        if args.quick:
-            chip = simulate_exposure("extragalactic", (1024, 1024), seed=5).image
-        else:
-            chip = simulate_chip("extragalactic", seed=5).image
+    if chip is not None:
         fl = flops_per_pixel(2, 32) * chip.size
         from deepcr_jax.reference import reference
 
@@ -298,8 +433,15 @@ def main(argv=None) -> int:
 
     header = ["workload", "implementation", "ISA path", "best [s]", "median [s]", "GFLOP/s", "fraction of peak",
               "speed-up vs first deepCR row", "vs deepCR bf16 autocast"]
+    o_header, o_rows = overhead()
     text = write_results(args.stem, "Speed: deepcr-jax vs deepCR (PyTorch) vs astroscrappy", header, rows, data)
-    print(text)
+    extra = ["", "## Host overhead: clean() vs the network alone on device-resident tiles", "",
+             "| " + " | ".join(o_header) + " |", "|" + "---|" * len(o_header)]
+    extra += ["| " + " | ".join(r) + " |" for r in o_rows]
+    with open(os.path.join(_common.RESULTS, args.stem + ".md"), "a") as fh:
+        fh.write("\n".join(extra) + "\n")
+    print(text + "\n".join(extra))
+    print(f"written to {_common.RESULTS}")
     return 0
 
 

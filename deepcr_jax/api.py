@@ -1,7 +1,7 @@
 """The convenience API: ``load``, ``clean`` and ``inpaint`` (one cached :class:`Cleaner` per settings).
 
 ``clean(image)`` in a loop compiles once: the Cleaner (and its compiled
-engines) for a (model, inpainter, tile, batch, dtype) is built on first use
+engines) for a (model, inpainter, tile, batch, precision) is built on first use
 and kept (:func:`cached_cleaner`); :func:`load` returns a fresh one to hold
 on to.
 """
@@ -12,6 +12,7 @@ import functools
 import os
 
 from deepcr_jax.cleaner import INPAINT_GROW, Cleaner
+from deepcr_jax.engine import resolve_precision
 
 __all__ = ["cached_cleaner", "clean", "inpaint", "load"]
 
@@ -22,8 +23,9 @@ def load(
     inpaint: str | os.PathLike | None = None,
     tile: int | None = None,
     batch: int | None = None,
-    dtype: str = "float32",
+    dtype: str | None = None,
     grow: int = INPAINT_GROW,
+    precision: str | None = None,
 ) -> Cleaner:
     """Load a model once for many calls: returns a :class:`Cleaner`.
 
@@ -43,25 +45,38 @@ def load(
     batch : int, optional
         Tiles per network call (rounded up to a multiple of the device
         count). Default 1 on CPU (fastest there), 8 on GPU/TPU.
-    dtype : {"float32", "bfloat16"}
-        Compute dtype; bfloat16 (inner layers only, the first block and head
-        stay float32) is for GPU/TPU.
+    dtype : {"float32", "bfloat16"}, optional
+        Alias of ``precision``: ``"float32"`` is ``"exact"``, ``"bfloat16"`` is ``"bf16"``.
     grow : int
         With an inpainter: pixels by which the CR mask is grown before its
         pixels are replaced (default 1, :data:`INPAINT_GROW`; 0 replaces the
         mask as predicted, as deepCR does). The returned mask is not grown.
+    precision : {"exact", "bf16", "tf32"}, optional
+        ``"exact"`` (default): float32 throughout, "highest" matmul precision
+        on GPU/TPU (no TF32, no bf16 passes). ``"bf16"``: bfloat16 inner
+        layers (the first block and the head stay float32); on CPUs with
+        AVX-512-BF16 or AMX the native bf16 kernels. ``"tf32"``:
+        TensorFloat-32 convolutions on NVIDIA GPUs (Ampere and later; 3-pass
+        bfloat16 on TPUs); a CPU has no TF32 and runs ``"exact"``.
     """
-    return Cleaner(model, inpaint=inpaint, tile=tile, batch=batch, dtype=dtype, grow=grow)
+    return Cleaner(model, inpaint=inpaint, tile=tile, batch=batch, dtype=dtype, grow=grow, precision=precision)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_cleaner(model, inpaint, tile, batch, dtype) -> Cleaner:
-    return Cleaner(model, inpaint=inpaint, tile=tile, batch=batch, dtype=dtype)
+def _cached_cleaner(model, inpaint, tile, batch, precision) -> Cleaner:
+    return Cleaner(model, inpaint=inpaint, tile=tile, batch=batch, precision=precision)
 
 
-def cached_cleaner(model, inpaint, tile, batch, dtype) -> Cleaner:
-    """The :class:`Cleaner` for these settings, built once per process (``clean()``, ``clean_fits``)."""
-    key = (model, inpaint, tile, batch, dtype)  # a Path stays a path (never read as a zoo name)
+def cached_cleaner(model, inpaint, tile, batch, precision="exact") -> Cleaner:
+    """The :class:`Cleaner` for these settings, built once per process (``clean()``, ``clean_fits``).
+
+    ``precision`` is a preset name or its ``dtype`` alias (``"float32"``, ``"bfloat16"``).
+    """
+    if precision in ("float32", "bfloat16"):
+        precision = resolve_precision(dtype=precision)
+    else:
+        precision = resolve_precision(precision)
+    key = (model, inpaint, tile, batch, precision)  # a Path stays a path (never read as a zoo name)
     try:
         hash(key)
     except TypeError:
@@ -79,7 +94,8 @@ def clean(
     ignore=None,
     tile: int | None = None,
     batch: int | None = None,
-    dtype: str = "float32",
+    dtype: str | None = None,
+    precision: str | None = None,
 ):
     """Cosmic-ray mask (and cleaned image) of one image or a stack.
 
@@ -100,7 +116,7 @@ def clean(
     ignore : array_like of bool, optional
         Same shape as ``image``; True = bad pixel: never flagged as CR,
         filled before detection and in the cleaned image.
-    tile, batch, dtype
+    tile, batch, dtype, precision
         Engine settings, see :func:`load`.
 
     Returns
@@ -114,7 +130,7 @@ def clean(
     over images compiles once. For the ignored-pixel count use
     :func:`load` and :attr:`Cleaner.last_report`.
     """
-    cleaner = cached_cleaner(model, inpaint, tile, batch, dtype)
+    cleaner = cached_cleaner(model, inpaint, tile, batch, resolve_precision(precision, dtype))
     return cleaner.clean(image, threshold=threshold, binary=binary, ignore=ignore)
 
 
@@ -132,4 +148,4 @@ def inpaint(image, mask, method: str = "medmask", *, tile: int | None = None, ba
     -------
     ndarray float32, same shape; unmasked pixels unchanged.
     """
-    return cached_cleaner("ACS-WFC", method, tile, batch, "float32").inpaint(image, mask)
+    return cached_cleaner("ACS-WFC", method, tile, batch, "exact").inpaint(image, mask)

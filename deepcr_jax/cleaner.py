@@ -1,13 +1,14 @@
 """``clean``: cosmic-ray masks and cleaned images for arrays, stacks and frames.
 
-Data flow for one image (a stack repeats the per-image steps and shares the
-tile batches)::
+Data flow for one image or a stack (host | device)::
 
-    validate → ignore = user ignore | non-finite → fill ignored pixels
-    → /scale (→ standardise) → zero-pad top/left to ×4 (as deepCR)
-    → tiles (fixed S × S, halo ≥ receptive field) → jitted UNet, sharded
-    → stitch cores → crop → probability (0 at ignored pixels)
-    → threshold → mask → inpaint (medmask | network) → undo preprocessing
+    host:   validate → ignore = user ignore | non-finite → fill ignored pixels (if any)
+            → to the device once (a batch of stamps, or one frame in a bucketed buffer)
+    device: /scale (→ standardise) → zero-pad top/left to ×4 (as deepCR)
+            → tiles (fixed S × S, halo ≥ receptive field) → jitted UNet, sharded
+            → stitch cores → probability → threshold
+    host:   the mask (or probability) comes back, cropped → 0 at ignored pixels
+            → inpaint (medmask on the host | network on the device) → cleaned image
 
 The probability map equals deepCR's ``clean(img, segment=False,
 binary=False)`` (within float32 rounding) for every tile size.
@@ -23,9 +24,9 @@ import numpy as np
 from scipy import ndimage
 
 from deepcr_jax._validate import as_images, as_mask, check_threshold
-from deepcr_jax.engine import Engine, default_batch, resolve_dtype
+from deepcr_jax.engine import Engine, default_batch, resolve_precision
 from deepcr_jax.medmask import fill_ignored, medmask
-from deepcr_jax.model import ModelParams, load_params, postprocess, preprocess
+from deepcr_jax.model import PAD_MULTIPLE, ModelParams, load_params
 from deepcr_jax.tiling import TILE_SIZES, choose_tile
 from deepcr_jax.zoo import list_models
 
@@ -71,7 +72,12 @@ class Cleaner:
     """A loaded mask network (and optionally an inpainter) with compiled engines.
 
     Create with :func:`load`. Reuse it for many images: the network is
-    compiled once per tile size and every image size reuses it.
+    compiled once per tile size for the images that fit in one tile, and
+    once per (tile size, frame bucket) for larger ones
+    (:func:`deepcr_jax.tiling.frame_bucket`); every image size reuses them.
+    ``precision`` (or its alias ``dtype``) is a preset of
+    :data:`deepcr_jax.engine.PRECISIONS`; :attr:`precision` is the one asked
+    for (the engines' ``precision`` tells what runs on their devices).
     ``devices`` (sequence of ``jax.Device``) pins the engines to those
     devices; default all local devices. ``inpaint_scale`` overrides the
     inpainting network's input scale (the zoo's value by default; the
@@ -86,10 +92,11 @@ class Cleaner:
         inpaint: str | os.PathLike | None = None,
         tile: int | None = None,
         batch: int | None = None,
-        dtype: str = "float32",
+        dtype: str | None = None,
         devices=None,
         inpaint_scale: float | None = None,
         grow: int = INPAINT_GROW,
+        precision: str | None = None,
     ) -> None:
         self.params: ModelParams = load_params(model, kind="mask")
         if isinstance(grow, bool) or not isinstance(grow, (int, np.integer)) or grow < 0:
@@ -129,11 +136,15 @@ class Cleaner:
         if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch <= 0):
             raise ValueError(f"batch must be a positive int; got {batch!r}")
         self.batch = default_batch(self.devices) if batch is None else int(batch)
-        resolve_dtype(dtype)
-        self.dtype = dtype
+        self.precision = resolve_precision(precision, dtype)
         self._engines: dict[tuple[str, int], Engine] = {}
         self._engines_lock = threading.Lock()
         self._local = threading.local()
+
+    @property
+    def dtype(self) -> str:
+        """The compute dtype of the inner layers asked for: ``"bfloat16"`` for ``"bf16"``, else ``"float32"``."""
+        return "bfloat16" if self.precision == "bf16" else "float32"
 
     @property
     def last_report(self) -> CleanReport | None:
@@ -149,7 +160,7 @@ class Cleaner:
             if key not in self._engines:
                 params = self.params if which == "mask" else self.inpaint_params
                 self._engines[key] = Engine(
-                    params, tile=tile, batch=self.batch, dtype=self.dtype, devices=self.devices
+                    params, tile=tile, batch=self.batch, devices=self.devices, precision=self.precision
                 )
             return self._engines[key]
 
@@ -160,17 +171,27 @@ class Cleaner:
 
     # -- steps -----------------------------------------------------------
 
-    def _run(self, params: ModelParams, images: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        """:func:`~deepcr_jax.model.postprocess` ∘ network ∘ :func:`~deepcr_jax.model.preprocess`, tiled.
+    def _run(
+        self, params: ModelParams, images: np.ndarray, mask: np.ndarray | None = None, threshold: float | None = None
+    ) -> np.ndarray:
+        """Network ∘ :func:`~deepcr_jax.model.preprocess`, with :func:`~deepcr_jax.model.postprocess`, on the device.
 
         ``images`` (n, ny, nx) float32, finite; ``mask`` (n, ny, nx) bool
-        for inpainting networks. Returns (n, ny, nx) float32.
+        for inpainting networks (then the images come back with the mask's
+        pixels predicted). Returns (n, ny, nx) float32, or with
+        ``threshold`` the bool mask ``probability > threshold``.
         """
-        which = params.kind
-        x, undo = preprocess(params, images, mask, xp=np)
-        tile = choose_tile(x.shape[1:3], params.depth, self.tile)
-        out = np.stack(self.engine(which, tile).run(list(x)))
-        return postprocess(params, out, undo, images, mask, xp=np)
+        mean = std = None
+        if params.standardize:  # the statistics on the host, as preprocess computes them (same bits)
+            x = images / np.float32(params.scale)
+            mean = np.mean(x, axis=(-2, -1))
+            std = np.std(x, axis=(-2, -1))
+            std = np.where(std > np.float32(1e-5) * np.abs(mean), std, np.float32(1))
+        padded = tuple(-(-s // PAD_MULTIPLE) * PAD_MULTIPLE for s in images.shape[1:])
+        engine = self.engine(params.kind, choose_tile(padded, params.depth, self.tile))
+        return engine.process(
+            images, mask, scale=params.scale, mean=mean, std=std, merge=mask is not None, threshold=threshold
+        )
 
     def probability(self, images: np.ndarray, ignore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """CR probability (n, ny, nx) float32 for validated images; 0 at ignored pixels.
@@ -178,10 +199,17 @@ class Cleaner:
         Also returns the images with their ignored pixels filled (the
         network's input, in the input units).
         """
-        filled = np.stack([fill_ignored(img, ign) if ign.any() else img for img, ign in zip(images, ignore)])
+        filled = self._filled(images, ignore)
         prob = self._run(self.params, filled)
         prob[ignore] = 0.0
         return prob, filled
+
+    @staticmethod
+    def _filled(images: np.ndarray, ignore: np.ndarray) -> np.ndarray:
+        """``images`` with the ``ignore`` pixels filled from their surroundings (the rare path: on the host)."""
+        if not ignore.any():
+            return images
+        return np.stack([fill_ignored(img, ign) if ign.any() else img for img, ign in zip(images, ignore)])
 
     # -- public ----------------------------------------------------------
 
@@ -240,16 +268,20 @@ class Cleaner:
         user_ignore = (user_ignore[None] if single else user_ignore) | masked
         nonfinite = ~np.isfinite(images)
         ign = user_ignore | nonfinite
-        prob, filled = self.probability(images, ign)
-        mask = prob > t
+        n_ignored = int(np.count_nonzero(ign))
+        filled = self._filled(images, ign) if n_ignored else images
+        # binary: the device thresholds and only the mask comes back; else the probability
+        result = self._run(self.params, filled, threshold=t if binary else None)
+        if n_ignored:
+            result[ign] = 0
+        mask = result if binary else result > t
         self._local.report = CleanReport(
             n_images=len(images),
-            n_ignored=int(ign.sum()),
-            n_nonfinite=int(nonfinite.sum()),
-            n_cr=int(mask.sum()),
+            n_ignored=n_ignored,
+            n_nonfinite=int(np.count_nonzero(nonfinite)) if n_ignored else 0,
+            n_cr=int(np.count_nonzero(mask)),
             threshold=t,
         )
-        result = mask if binary else prob
         if not do_inpaint:
             return result[0] if single else result
         out = self._replace(filled, mask, ign, self.grow)
@@ -262,7 +294,7 @@ class Cleaner:
             size = 2 * grow + 1
             mask = ndimage.maximum_filter(mask, size=(1, size, size), mode="constant") & ~ign
         if self.inpaint_method == "network":
-            return self._run(self.inpaint_params, filled, mask | ign)
+            return self._run(self.inpaint_params, filled, mask | ign)  # the mask's dilation stays on the host
         return np.stack([medmask(f, m, exclude=i) for f, m, i in zip(filled, mask, ign)])
 
     def inpaint(self, image, mask):

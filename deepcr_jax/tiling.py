@@ -24,13 +24,27 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["TILE_SIZES", "TilePlan", "choose_tile", "copy_window", "default_halo", "plan_tiles", "receptive_radius"]
+__all__ = [
+    "FRAME_MIN_PIXELS",
+    "TILE_SIZES",
+    "TilePlan",
+    "choose_tile",
+    "copy_window",
+    "default_halo",
+    "frame_bucket",
+    "plan_tiles",
+    "receptive_radius",
+]
 
 #: Tile sides offered (network input S × S); by default each image runs with
 #: the one that computes the fewest pixels (:func:`choose_tile`). Two sizes,
-#: so that with default settings any sequence of image sizes compiles at most
-#: two functions per engine (network, dtype, batch): one per size here.
+#: so that with default settings the images that fit in one tile compile at
+#: most two programs per engine (network, precision, batch), one per size
+#: here, and larger images one per (size here, :func:`frame_bucket`).
 TILE_SIZES = (256, 1024)
+
+#: Smallest frame bucket (pixels): frames of up to 256 × 256 pixels share it.
+FRAME_MIN_PIXELS = 1 << 16
 
 # Largest distance (pixels) at which an input pixel can influence an output
 # pixel: 3×3 convs add 1 level-pixel each (2 per block, encoder and decoder),
@@ -150,6 +164,21 @@ def copy_window(src: np.ndarray, ty: int, tx: int, out: np.ndarray, valid: np.nd
     if y1 > y0 and x1 > x0:
         out[y0 - ty : y1 - ty, x0 - tx : x1 - tx] = src[y0:y1, x0:x1]
         valid[y0 - ty : y1 - ty, x0 - tx : x1 - tx] = 1
+
+
+def frame_bucket(pixels: int) -> int:
+    """Length (pixels) of the flat device buffer that holds a frame of ``pixels`` pixels.
+
+    The smallest ``m * 2**e`` with ``m`` in 4, 5, 6, 7 (four steps per
+    doubling) that holds ``pixels``, and at least :data:`FRAME_MIN_PIXELS`:
+    the padding is at most a quarter of the frame, and the device pipeline compiles
+    once per bucket (:mod:`deepcr_jax.pipeline`). An ACS/WFC chip
+    (2048 × 4096) is exactly ``2**23``; a WFC3/UVIS chip (2051 × 4096)
+    ``5 * 2**21``.
+    """
+    p = max(int(pixels), FRAME_MIN_PIXELS)
+    e = p.bit_length() - 3
+    return -(-p // (1 << e)) << e
 
 
 def choose_tile(shape: tuple[int, int], depth: int, tile: int | None = None) -> int:

@@ -84,13 +84,16 @@ def test_halo_covers_receptive_field():
 
 
 def test_second_image_of_another_size_does_not_recompile(rng):
+    """Frames of any shape in one bucket share a program; stamps and stacks of any size share another."""
     cleaner = deepcr_jax.load("ACS-WFC", tile=128, batch=2)
-    cleaner.clean(rng.normal(50, 5, (300, 200)).astype(np.float32))
+    cleaner.clean(rng.normal(50, 5, (300, 200)).astype(np.float32))  # a frame: 60000 px, bucket 2**16
     assert cleaner.compilations == 1
-    cleaner.clean(rng.normal(50, 5, (131, 257)).astype(np.float32))  # other size, odd tile count
-    cleaner.clean(rng.normal(50, 5, (40, 41)).astype(np.float32))  # smaller than a tile
+    cleaner.clean(rng.normal(50, 5, (131, 257)).astype(np.float32))  # other shape, odd tile count, same bucket
+    assert cleaner.compilations == 1
+    cleaner.clean(rng.normal(50, 5, (40, 41)).astype(np.float32))  # smaller than a tile: the stamps program
     cleaner.clean(rng.normal(50, 5, (3, 40, 41)).astype(np.float32))  # a stack
-    assert cleaner.compilations == 1
+    cleaner.clean(rng.normal(50, 5, (5, 128, 125)).astype(np.float32))  # another stack, odd batch count
+    assert cleaner.compilations == 2
 
 
 def test_stack_equals_per_image(rng):

@@ -81,7 +81,7 @@ probability = arg_type(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """``--model --threshold --inpaint --tile --batch``: the options of a command that cleans."""
+    """``--model --threshold --inpaint --tile --batch --precision``: the options of a command that cleans."""
     p.add_argument(
         "--model",
         default="ACS-WFC",
@@ -104,6 +104,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tile", type=positive_int, default=None, help="tile side in pixels (multiple of 8)")
     p.add_argument("--batch", type=positive_int, default=None, help="tiles per network call")
+    p.add_argument(
+        "--precision",
+        choices=("exact", "bf16", "tf32"),
+        default="exact",
+        help="exact (default): float32 throughout (no TF32 or bf16 passes on GPU/TPU); bf16: bfloat16 inner "
+        "layers (first block and head float32); tf32: TensorFloat-32 convolutions on NVIDIA GPUs (a CPU runs "
+        "exact float32)",
+    )
 
 
 def load_cleaner(args: argparse.Namespace, model: str | None = None):
@@ -111,5 +119,9 @@ def load_cleaner(args: argparse.Namespace, model: str | None = None):
     from deepcr_jax import load
 
     return load(
-        args.model if model is None else model, inpaint=args.inpaint, tile=args.tile, batch=args.batch
+        args.model if model is None else model,
+        inpaint=args.inpaint,
+        tile=args.tile,
+        batch=args.batch,
+        precision=getattr(args, "precision", "exact"),
     )

@@ -343,6 +343,11 @@ def _run_batch(args: argparse.Namespace, inputs, outputs, notes, settings) -> in
     from deepcr_jax.batch import clean_files, format_table
 
     _check_models(args)
+    if args.precision != "exact":
+        raise UserError(
+            f"--precision {args.precision} is not available with --workers/--scheduler/--manifest yet "
+            "(their workers run exact float32); clean without them"
+        )
     manifest = args.manifest
     if manifest is None:
         manifest = os.path.join(args.outdir if args.outdir is not None else os.getcwd(), MANIFEST_NAME)
