@@ -52,6 +52,8 @@ import _common
 from _common import machine, timeit, write_results
 
 import deepcr_jax
+from deepcr_jax import native
+from deepcr_jax.native import unet as native_unet
 from deepcr_jax.simulate import make_stamps, simulate_chip, simulate_exposure
 
 #: peer name -> (instruction path, "fp32" | "bf16"), filled as the peers are built
@@ -206,10 +208,13 @@ def jax_peers(model: str, stamps: np.ndarray, inpaint: str | None, masks, tile: 
             def pure(xs=xs):
                 jax.block_until_ready([fwd(params, x) for x in xs])
 
-            conv = ", XLA conv" if jax.default_backend() == "cpu" else ""
-            name = f"deepcr-jax jit(predict), batch {b} (arrays on device{conv})"
+            # on CPU, predict runs the native float32 kernels where they cover the network
+            # (model.network_forward: lax.platform_dependent), else XLA's convolution
+            on_native = jax.default_backend() == "cpu" and native.available() and native_unet.supported(
+                params.norm, params.hidden, params.in_channels)
+            name = f"deepcr-jax jit(predict), batch {b} (arrays on device)"
             out[name] = pure
-            PATHS[name] = ("XLA", "fp32")
+            PATHS[name] = ("native fp32", "fp32") if on_native else ("XLA", "fp32")
     return out
 
 
