@@ -71,6 +71,22 @@ def machine(*packages: str) -> dict[str, Any]:
     return info
 
 
+def choose_results_dir(ap, quick: bool, out: str | None, prefix: str) -> str:
+    """Set and return where results go: ``out``, else ``RESULTS``; a fresh temp dir for ``quick`` runs.
+
+    A ``quick`` (smoke) run never writes to ``benchmarks/results/``: asking for
+    it is an ``ap.error``. Every later :func:`write_results` writes there.
+    """
+    global RESULTS
+    import tempfile
+
+    target = tempfile.mkdtemp(prefix=prefix) if quick and out is None else (out or RESULTS)
+    if quick and os.path.realpath(target) == os.path.realpath(RESULTS):
+        ap.error("--quick never writes to benchmarks/results/; pass another --out")
+    RESULTS = target
+    return target
+
+
 def write_results(stem: str, title: str, header: list[str], rows: list[list[str]], data: dict) -> str:
     """Write ``results/<stem>.md`` (a table) and ``results/<stem>.json``; return the markdown."""
     os.makedirs(RESULTS, exist_ok=True)

@@ -41,7 +41,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 import jax
@@ -318,13 +317,7 @@ def main(argv=None) -> int:
         "deepcr_jax.engine.tune_host_allocator)",
     )
     args = ap.parse_args(argv)
-    if args.quick and args.out is None:
-        out = tempfile.mkdtemp(prefix="bench_speed_quick_")
-    else:
-        out = args.out or _common.RESULTS
-    if args.quick and os.path.realpath(out) == os.path.realpath(_common.RESULTS):
-        ap.error("--quick never writes to benchmarks/results/; pass another --out")
-    _common.RESULTS = out
+    _common.choose_results_dir(ap, args.quick, args.out, "bench_speed_quick_")
     from deepcr_jax.engine import tune_host_allocator
     from deepcr_jax.native import status as native_status
 

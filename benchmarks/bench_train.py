@@ -285,13 +285,7 @@ def main(argv=None) -> int:
         n_train = args.stamps or (8190 if args.device_epoch else 48)
         pool_n = args.pool or (256 if args.device_epoch else n_train + n_train // 9 + 1)
         repeats = args.repeats or (1 if args.device_epoch else 3)
-    if args.quick and args.out is None:
-        out = tempfile.mkdtemp(prefix="bench_train_quick_")
-    else:
-        out = args.out or _common.RESULTS
-    if args.quick and os.path.realpath(out) == os.path.realpath(_common.RESULTS):
-        ap.error("--quick never writes to benchmarks/results/; pass another --out")
-    _common.RESULTS = out
+    out = _common.choose_results_dir(ap, args.quick, args.out, "bench_train_quick_")
     peers = set(args.peers.split(","))
 
     import torch
