@@ -13,7 +13,7 @@ import pytest
 from deepcr_jax.training import augment, data, losses
 from deepcr_jax.training.config import CONFIG_NAMES, get_config, parse_overrides
 from deepcr_jax.training.schedule import Plateau, bn_phase, get_learning_rate, set_learning_rate
-from deepcr_jax.training.state import create_state
+from deepcr_jax.training.state import create_state, make_optimizer
 from deepcr_jax.training.step import make_eval_step, make_train_step
 
 # ---------------------------------------------------------------- config
@@ -138,6 +138,21 @@ def test_bn_phase_and_lr_injection():
     st = create_state(get_config("mask_2_4.smoke"), jax.random.key(0))
     assert get_learning_rate(st["opt"]) == pytest.approx(0.005)
     assert get_learning_rate(set_learning_rate(st["opt"], 5e-4)) == pytest.approx(5e-4)
+
+
+def test_gradient_clipping_scales_only_large_gradients():
+    cfg = get_config("mask_2_4.smoke", clip_norm=2.0)
+    tx, adam = make_optimizer(cfg), optax.adam(cfg.lr)
+    params = {"w": jnp.zeros(3)}
+    st, st_adam = tx.init(params), adam.init(params)
+    assert get_learning_rate(set_learning_rate(st, 1e-4)) == pytest.approx(1e-4)
+    big, small = {"w": jnp.array([3.0, 4.0, 0.0])}, {"w": jnp.array([0.3, -0.4, 1.0])}  # norms 5 and ~1.1
+    for g, want in ((big, {"w": big["w"] * (2.0 / 5.0)}), (small, small)):
+        upd, st = tx.update(g, st, params)
+        ref, st_adam = adam.update(want, st_adam, params)
+        np.testing.assert_allclose(upd["w"], ref["w"], rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="clip_norm must be >= 0"):
+        get_config("mask_2_4", clip_norm=-1.0)
 
 
 # ---------------------------------------------------------------- augmentation

@@ -42,6 +42,7 @@ class TrainConfig:
     standardize: bool = False  # per-image (x - mean) / std after scaling (deepCR's WFC3-UVIS)
     init: str = ""  # "" = random init; else a zoo name, a .npz or a deepCR .pth to start from
     lr: float = 0.005  # initial Adam learning rate (paper: 0.005 mask, 0.01 inpaint)
+    clip_norm: float = 0.0  # clip each step's gradient to this global L2 norm before Adam (0: off; the paper does not clip)
     batch_size: int = 16  # global batch (all devices and processes together)
     crop: int = 256  # square training crop (px, multiple of 4), cut at random from each stamp
     epochs_max: int = 200  # hard cap on epochs
@@ -83,6 +84,8 @@ class TrainConfig:
         for f in ("scale", "lr"):
             if not getattr(self, f) > 0:
                 raise ValueError(f"{f} must be > 0; got {getattr(self, f)}")
+        if not self.clip_norm >= 0:
+            raise ValueError(f"clip_norm must be >= 0 (0: no clipping); got {self.clip_norm}")
         if not 0 < self.decay_factor < 1:
             raise ValueError(f"decay_factor must be in (0, 1); got {self.decay_factor}")
         if not 0 <= self.rtol < 1:

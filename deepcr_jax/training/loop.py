@@ -76,6 +76,10 @@ def _flush(host: dict[str, Any], pending: list[dict]) -> None:
         c = float(m["count"])
         host["loss_sum"] += float(m["loss"]) * c
         host["loss_count"] += c
+        g = float(m["grad_norm"])
+        host["grad_norm_sum"] += g
+        host["grad_norm_max"] = max(host["grad_norm_max"], g)
+        host["grad_steps"] += 1
     pending.clear()
 
 
@@ -250,6 +254,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overw
     state = replicate(create_state(config, key), mesh)
     ckpts = Checkpoints(os.path.join(workdir, "checkpoints"))
     host: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0.0,
+                            "grad_norm_sum": 0.0, "grad_norm_max": 0.0, "grad_steps": 0,
                             "plateau": Plateau(lr=config.lr).to_dict(), "config": config.to_dict()}
     latest = ckpts.latest_step() if resume else None
     if latest is not None:
@@ -301,7 +306,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overw
         if plateau.lr != lr_used:
             state = dict(state, opt=set_learning_rate(state["opt"], plateau.lr))
         record = {"epoch": epoch, "step": host["step"], "loss": train_loss, "val_loss": val_loss, "lr": lr_used,
-                  "phase": phase, **scores, "seconds": time.perf_counter() - t0}
+                  "phase": phase, **scores,
+                  "grad_norm_mean": host["grad_norm_sum"] / max(host["grad_steps"], 1),
+                  "grad_norm_max": host["grad_norm_max"], "seconds": time.perf_counter() - t0}
         history.append(record)
         bar.set_postfix(loss=f"{train_loss:.4g}", val=f"{val_loss:.4g}", lr=f"{lr_used:.2g}")
         bar.close()
@@ -310,7 +317,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overw
                 fh.write(json.dumps(record) + "\n")
             if config.plot_every and (epoch + 1) % config.plot_every == 0:
                 _plots(workdir, history, val_global, out, config, epoch)
-        host.update(epoch=epoch + 1, batch=0, loss_sum=0.0, loss_count=0.0, plateau=plateau.to_dict())
+        host.update(epoch=epoch + 1, batch=0, loss_sum=0.0, loss_count=0.0, grad_norm_sum=0.0, grad_norm_max=0.0,
+                    grad_steps=0, plateau=plateau.to_dict())
         ckpts.save(host["step"], state, host, val_loss=val_loss)
         log.info("epoch %d: loss %.5g, val_loss %.5g, lr %.3g, phase %d", epoch, train_loss, val_loss, lr_used, phase)
 

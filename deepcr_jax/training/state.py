@@ -40,8 +40,20 @@ def make_module(config: TrainConfig, *, logits: bool = True, mesh: Mesh | None =
                 ops=make_ops(config.kernels, mesh))
 
 
+def _clipped_adam(learning_rate, clip_norm: float) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
+
+
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Adam with the learning rate injected (set per epoch by the schedule)."""
+    """Adam with the learning rate injected (set per epoch by the schedule).
+
+    With ``config.clip_norm > 0`` each step's gradient is first scaled down
+    to at most that global L2 norm (``optax.clip_by_global_norm``); the
+    learning rate stays the one injected hyperparameter either way.
+    """
+    if config.clip_norm > 0:
+        return optax.inject_hyperparams(_clipped_adam, static_args=("clip_norm",))(
+            learning_rate=config.lr, clip_norm=config.clip_norm)
     return optax.inject_hyperparams(optax.adam)(learning_rate=config.lr)
 
 

@@ -93,7 +93,8 @@ def make_train_step(config: TrainConfig, mesh: Mesh | None = None, *, bn_frozen:
     callable
         ``step(state, batch, key) -> (state, metrics)``, the state donated;
         ``metrics``: ``loss`` (mean over the global batch's counted pixels),
-        ``count`` (those pixels), ``lr``.
+        ``count`` (those pixels), ``lr``, ``grad_norm`` (global L2 norm of
+        the gradient, before any clipping).
     """
     module = make_module(config, mesh=mesh)
     tx = make_optimizer(config)
@@ -118,7 +119,8 @@ def make_train_step(config: TrainConfig, mesh: Mesh | None = None, *, bn_frozen:
         updates, opt = tx.update(grads, state["opt"], state["params"])
         new_state = dict(state, params=optax.apply_updates(state["params"], updates), batch_stats=stats,
                          opt=opt, step=state["step"] + 1)
-        metrics = {"loss": loss, "count": count, "lr": state["opt"].hyperparams["learning_rate"]}
+        metrics = {"loss": loss, "count": count, "lr": state["opt"].hyperparams["learning_rate"],
+                   "grad_norm": optax.global_norm(grads)}
         return new_state, metrics
 
     repl, data = _shardings(mesh)
