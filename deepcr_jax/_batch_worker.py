@@ -20,15 +20,15 @@ _cleaners: dict[tuple, Any] = {}
 _stats = {"cleaners": 0, "files": 0}
 
 
-def worker_cleaner(model: str, inpaint: str | None, tile: int | None, batch: int | None):
+def worker_cleaner(model: str, inpaint: str | None, tile: int | None, batch: int | None, precision: str = "exact"):
     """The Cleaner for these settings in this process, built on first use and counted."""
     from deepcr_jax.cleaner import Cleaner
 
-    key = (model, inpaint, tile, batch)
+    key = (model, inpaint, tile, batch, precision)
     with _lock:
         cleaner = _cleaners.get(key)
         if cleaner is None:
-            cleaner = _cleaners[key] = Cleaner(model, inpaint=inpaint, tile=tile, batch=batch)
+            cleaner = _cleaners[key] = Cleaner(model, inpaint=inpaint, tile=tile, batch=batch, precision=precision)
             _stats["cleaners"] += 1
         return cleaner
 

@@ -121,14 +121,16 @@ class _Settings:
     dq_ignore_bits: int
     saturation: float | None
     units: str
+    precision: str = "exact"
 
     @property
     def cleaner_key(self) -> tuple:
-        return (self.model, self.inpaint, self.tile, self.batch)
+        return (self.model, self.inpaint, self.tile, self.batch, self.precision)
 
     def record(self) -> dict[str, Any]:
         """What a manifest line must match to count as done."""
-        return {"model": self.model, "threshold": self.threshold, "inpaint": self.inpaint}
+        return {"model": self.model, "threshold": self.threshold, "inpaint": self.inpaint,
+                "precision": self.precision}
 
 
 def _one_line(err: BaseException) -> str:
@@ -171,7 +173,7 @@ def _clean_one(path_in: str, path_out: str, settings: _Settings, worker: str, cl
         model, note = _resolve_model(path_in, settings.model)
         out["model"] = model
         if cleaner is None:
-            cleaner = worker_cleaner(model, settings.inpaint, settings.tile, settings.batch)
+            cleaner = worker_cleaner(model, settings.inpaint, settings.tile, settings.batch, settings.precision)
         os.makedirs(os.path.dirname(os.path.abspath(path_out)), exist_ok=True)
         kwargs = {
             "model": cleaner,
@@ -267,6 +269,7 @@ def clean_files(
     dq_ignore_bits: int = hst.DEFAULT_DQ_IGNORE_BITS,
     saturation: float | None = hst.SATURATION_LEVEL,
     units: str = "auto",
+    precision: str = "exact",
 ) -> list[FileResult]:
     """Clean every file of ``paths`` (:func:`~deepcr_jax.files.clean_fits`); one result per file.
 
@@ -309,6 +312,9 @@ def clean_files(
         Called with each :class:`FileResult` as it arrives (in this process).
     tile, batch : int, optional
         Engine settings (:func:`deepcr_jax.load`).
+    precision : {"exact", "bf16", "tf32"}
+        Compute preset of every worker's network (:func:`deepcr_jax.load`);
+        part of the settings a manifest line must match.
     dq_flag, dq_ignore_bits, saturation, units
         See :func:`~deepcr_jax.files.clean_fits`.
 
@@ -337,6 +343,8 @@ def clean_files(
             )
         loaded, model = model, str(getattr(getattr(model, "params", None), "name", None) or "custom")
     hst.check_dq_flag(dq_flag)
+    from deepcr_jax.engine import resolve_precision
+
     settings = _Settings(
         model=os.fspath(model),
         inpaint=None if inpaint is None else os.fspath(inpaint),
@@ -350,6 +358,7 @@ def clean_files(
         dq_ignore_bits=int(dq_ignore_bits),
         saturation=hst.check_saturation(saturation),
         units=units,
+        precision=resolve_precision(precision),
     )
     from deepcr_jax._manifest import Manifest
 

@@ -12,8 +12,10 @@ Preprocessing follows deepCR 0.3.1's ``clean``: divide by the model's scale,
 optionally standardise (WFC3-UVIS), zero-pad the top/left to a multiple of 4,
 run the network, crop. :func:`preprocess` and :func:`postprocess` are that
 pipeline, written once for numpy and JAX arrays alike (``xp``): ``predict``
-runs them in JAX, :func:`deepcr_jax.clean` in numpy around its tiled engine,
-and training feeds the network through the same :func:`preprocess`.
+runs them in JAX; :func:`deepcr_jax.clean` runs the same arithmetic on the
+device inside its tiled program (:mod:`deepcr_jax.pipeline`, checked against
+these functions by the tests); training feeds the network through the same
+:func:`preprocess`.
 """
 
 from __future__ import annotations

@@ -246,3 +246,18 @@ def test_manifest_torn_line_and_lock(tmp_path):
         m.append({**rec, "input": str(tmp_path / "c.fits")})
     lines = path.read_text().splitlines()
     assert json.loads(lines[-1])["input"].endswith("c.fits") and len(lines) == 3
+
+
+def test_precision_reaches_the_workers_and_the_manifest(inputs, tmp_path):
+    from deepcr_jax.cleaner import Cleaner
+    from deepcr_jax.files import clean_fits
+
+    manifest = tmp_path / "m.jsonl"
+    results = batch.clean_files(inputs[:2], outdir=tmp_path / "bf16", manifest=manifest, precision="bf16", **SETTINGS)
+    assert [r.status for r in results] == ["cleaned"] * 2
+    assert {rec["settings"]["precision"] for rec in manifest_lines(manifest)} == {"bf16"}
+    ref = tmp_path / "ref.fits"
+    clean_fits(inputs[0], ref, model=Cleaner("ACS-WFC", inpaint="medmask", precision="bf16"))
+    assert Path(results[0].output).read_bytes() == ref.read_bytes()
+    with pytest.raises(ValueError, match="precision must be"):
+        batch.clean_files(inputs[:1], outdir=tmp_path / "x", precision="fp16")

@@ -343,11 +343,6 @@ def _run_batch(args: argparse.Namespace, inputs, outputs, notes, settings) -> in
     from deepcr_jax.batch import clean_files, format_table
 
     _check_models(args)
-    if args.precision != "exact":
-        raise UserError(
-            f"--precision {args.precision} is not available with --workers/--scheduler/--manifest yet "
-            "(their workers run exact float32); clean without them"
-        )
     manifest = args.manifest
     if manifest is None:
         manifest = os.path.join(args.outdir if args.outdir is not None else os.getcwd(), MANIFEST_NAME)
@@ -388,6 +383,7 @@ def _run_batch(args: argparse.Namespace, inputs, outputs, notes, settings) -> in
             progress=report,
             tile=args.tile,
             batch=args.batch,
+            precision=args.precision,
             **settings,
         )
         progress.line(format_table(results, time.perf_counter() - t0))
