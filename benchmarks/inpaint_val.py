@@ -22,7 +22,7 @@ from deepcr_jax.training.loop import _validate, make_mesh
 from deepcr_jax.training.state import create_state, replicate
 from deepcr_jax.training.step import make_eval_step
 
-RUN = {"crop": 64, "sim_shape": 128, "sim_n": 768}
+RUN = {"crop": 64, "sim_shape": 128, "sim_n": 4096}
 
 
 def main(argv=None) -> int:

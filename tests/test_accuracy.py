@@ -163,3 +163,21 @@ def test_quick_defaults_to_a_temporary_folder():
     given = acc.parse_args(["--quick", "--outdir", "somewhere"])
     assert given.outdir == "somewhere"
     assert acc.parse_args([]).outdir is None and not acc.parse_args([]).quick  # full run: results/
+
+
+def test_lacosmic_reused_only_from_a_matching_run(quick_run):
+    import astroscrappy
+
+    out, data, _ = quick_run
+    acc = _load_script()
+    cfg = data["config"]
+    keys = ("n_per_field", "seed", "field_seeds", "stamp_shape", "sigclips", "lacosmic")
+    expect = {**{k: cfg[k] for k in keys}, "astroscrappy": astroscrappy.__version__}
+    det, seconds = acc.reused_lacosmic(str(out / "accuracy.json"), expect, data["test_set"])
+    assert det == {f: data["detection"][f]["LACosmic"] for f in FIELDS} and seconds > 0
+    with pytest.raises(SystemExit, match="differ in: seed, sigclips"):
+        acc.reused_lacosmic(str(out / "accuracy.json"), {**expect, "seed": 8, "sigclips": [3.0]}, data["test_set"])
+    with pytest.raises(SystemExit, match="differ in: test_set"):
+        acc.reused_lacosmic(str(out / "accuracy.json"), expect, {})
+    with pytest.raises(SystemExit, match="not a readable accuracy.json"):
+        acc.reused_lacosmic(str(out / "accuracy.md"), expect, data["test_set"])
