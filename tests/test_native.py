@@ -64,6 +64,42 @@ def test_kernel_builds():
     assert os.path.exists(why)
 
 
+def test_stale_builds_are_pruned(tmp_path):
+    from deepcr_jax.native._build import STALE_BUILD_S, prune_stale_builds
+
+    names = ("deepcr_native-keep.so", "deepcr_native-old.so", "deepcr_native-recent.so", "other-old.so")
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    old = os.stat(tmp_path / names[0]).st_mtime - STALE_BUILD_S - 60
+    for name in (names[0], names[1], names[3]):
+        os.utime(tmp_path / name, (old, old))
+    removed = prune_stale_builds(str(tmp_path), str(tmp_path / names[0]))
+    assert removed == [str(tmp_path / names[1])]
+    assert sorted(os.listdir(tmp_path)) == sorted(set(names) - {names[1]})
+    assert prune_stale_builds(str(tmp_path / "missing"), "") == []
+
+
+def _nhwc_matches_xla(rng, shape, ci, co):
+    """The NHWC kernel (jitted) against XLA's conv; returns ``(operands, result)``."""
+    operands = _operands(rng, shape, ci, co)
+    x = operands[0]
+    got = np.asarray(jax.jit(native.conv3x3_affine_relu)(*operands))
+    want = np.asarray(_xla(x.reshape((-1,) + x.shape[-3:]), *operands[1:])).reshape(got.shape)
+    assert got.shape == shape + (co,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    return operands, got
+
+
+def _vmapped_matches_xla(rng, shape, ci, co):
+    """The NHWC kernel under ``vmap`` over a leading axis against XLA's conv; returns ``(operands, want)``."""
+    operands = _operands(rng, shape, ci, co)
+    x = operands[0]
+    got = jax.vmap(native.conv3x3_affine_relu, in_axes=(0, None, None, None, None))(*operands)
+    want = _xla(x.reshape((-1,) + x.shape[-3:]), *operands[1:]).reshape(got.shape)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    return operands, want
+
+
 @requires_native
 @pytest.mark.parametrize(
     "shape, ci, co",
@@ -78,20 +114,12 @@ def test_kernel_builds():
     ],
 )
 def test_kernel_matches_xla(rng, shape, ci, co):
-    x, w, b, alpha, beta = _operands(rng, shape, ci, co)
-    got = np.asarray(jax.jit(native.conv3x3_affine_relu)(x, w, b, alpha, beta))
-    flat = x.reshape((-1,) + x.shape[-3:])
-    want = np.asarray(_xla(flat, w, b, alpha, beta)).reshape(got.shape)
-    assert got.shape == shape + (co,) and got.dtype == np.float32
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    _nhwc_matches_xla(rng, shape, ci, co)
 
 
 @requires_native
 def test_kernel_under_vmap(rng):
-    x, w, b, alpha, beta = _operands(rng, (3, 1, 10, 20), 32, 32)
-    got = jax.vmap(native.conv3x3_affine_relu, in_axes=(0, None, None, None, None))(x, w, b, alpha, beta)
-    want = _xla(x.reshape(3, 10, 20, 32), w, b, alpha, beta).reshape(got.shape)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    _vmapped_matches_xla(rng, (3, 1, 10, 20), 32, 32)
 
 
 @requires_native
@@ -166,12 +194,7 @@ def _bounds_and_valid(shape, bounds):
 )
 def test_narrow_kernel_matches_xla(rng, shape, ci, co):
     """The NHWC entry (through planar rows) and the planar one against XLA's conv."""
-    x, w, b, alpha, beta = _operands(rng, shape, ci, co)
-    got = np.asarray(jax.jit(native.conv3x3_affine_relu)(x, w, b, alpha, beta))
-    flat = x.reshape((-1,) + x.shape[-3:])
-    want = np.asarray(_xla(flat, w, b, alpha, beta)).reshape(got.shape)
-    assert got.shape == shape + (co,) and got.dtype == np.float32
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    (x, w, b, alpha, beta), got = _nhwc_matches_xla(rng, shape, ci, co)
     planar = jax.jit(ops.conv3x3_affine_relu_planar)(ops.to_planar(x), w, b, alpha, beta)
     assert planar.shape == shape[:-1] + (co, shape[-1])
     np.testing.assert_array_equal(np.asarray(ops.from_planar(planar)), got)
@@ -179,10 +202,7 @@ def test_narrow_kernel_matches_xla(rng, shape, ci, co):
 
 @requires_native
 def test_narrow_kernel_under_vmap(rng):
-    x, w, b, alpha, beta = _operands(rng, (3, 1, 10, 37), 4, 8)
-    got = jax.vmap(native.conv3x3_affine_relu, in_axes=(0, None, None, None, None))(x, w, b, alpha, beta)
-    want = _xla(x.reshape(3, 10, 37, 4), w, b, alpha, beta).reshape(got.shape)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    (x, w, b, alpha, beta), want = _vmapped_matches_xla(rng, (3, 1, 10, 37), 4, 8)
     xp = ops.to_planar(x)
     got = jax.vmap(ops.conv3x3_affine_relu_planar, in_axes=(0, None, None, None, None))(xp, w, b, alpha, beta)
     np.testing.assert_allclose(np.asarray(ops.from_planar(got)), np.asarray(want), rtol=1e-5, atol=1e-5)

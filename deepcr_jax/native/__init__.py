@@ -25,7 +25,8 @@ its own compiler process) with the system C++ compiler (``$CXX`` or
 ``c++``, ``-O3 -march=native``) against the FFI headers that come with
 jaxlib, into a cache folder (``$DEEPCR_JAX_CACHE``, else
 ``$XDG_CACHE_HOME/deepcr-jax`` or ``~/.cache/deepcr-jax``), keyed by the
-source, compiler, jaxlib version and CPU; later processes reuse it. Where
+source, compiler, jaxlib version and CPU; later processes reuse it. A new
+build deletes the folder's other builds unused for 30 days. Where
 there is no compiler, or ``DEEPCR_JAX_NATIVE=0`` is set, :func:`available`
 is False and the networks use XLA's convolution: same results within float32
 rounding, slower. Only the CPU backend uses the kernel; GPU and TPU always

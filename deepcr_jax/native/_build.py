@@ -47,6 +47,8 @@ BF16_PATHS = {"avx512bf16": 1, "amx": 2}
 #: what the first-use message quotes: GCC 12 spends ~10 s of CPU on the two files (measured on a
 #: Sapphire Rapids: 4.8 s + 5.5 s), compiled in parallel: ~6 s on 2 idle cores, 17-22 s at load 8
 _TYPICAL_BUILD_S = 10
+#: builds of other keys (older sources, compilers, jaxlibs) unused for this long are deleted after a build
+STALE_BUILD_S = 30 * 86400
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC"]
 
 _lock = threading.Lock()
@@ -98,6 +100,31 @@ def _compile(sources: list[str], cxx: str, out: str) -> None:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
 
 
+def prune_stale_builds(directory: str, keep: str, max_age_s: float = STALE_BUILD_S) -> list[str]:
+    """Delete the ``deepcr_native-*.so`` files of ``directory`` other than ``keep`` unused for ``max_age_s``.
+
+    "Unused" is by modification time: every load touches its library, so a
+    build that another installation still loads stays. Errors (a file gone
+    meanwhile, no permission) are ignored. Returns the deleted paths.
+    """
+    removed, now = [], time.time()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(directory, name)
+        if not (name.startswith("deepcr_native-") and name.endswith(".so")) or path == keep:
+            continue
+        try:
+            if now - os.stat(path).st_mtime > max_age_s:
+                os.remove(path)
+                removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
 def _load() -> None:
     """Compile (once per cache key) and register the FFI target; sets ``_state``."""
     if disabled_by_env("DEEPCR_JAX_NATIVE"):
@@ -131,6 +158,13 @@ def _load() -> None:
         _compile(sources, cxx, lib_path)
         _state["build_s"] = time.perf_counter() - t0
         log.info("native CPU kernels compiled in %.1f s", _state["build_s"])
+        for path in prune_stale_builds(directory, lib_path):
+            log.info("deleted the stale native build %s", path)
+    else:
+        try:
+            os.utime(lib_path)  # marks it in use (prune_stale_builds)
+        except OSError:
+            pass
     lib = ctypes.CDLL(lib_path)
     for target, symbol in TARGETS.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
