@@ -317,16 +317,19 @@ def test_cli_precision_option():
         parser.parse_args(["clean", "x.fits", "--precision", "fp16"])
 
 
-def test_cli_precision_with_a_manifest_is_refused(tmp_path, capsys):
-    """The batch driver's workers run exact float32: another preset there is a usage error, not ignored."""
+def test_cli_precision_reaches_the_batch_driver(tmp_path):
+    """With --manifest the batch driver cleans at the asked preset and records it."""
+    import json
+
     from test_fits import make_flc
 
     from deepcr_jax.cli import main
 
     make_flc(tmp_path / "a_flc.fits")
     argv = ["clean", str(tmp_path / "a_flc.fits"), "--outdir", str(tmp_path / "out"), "--precision", "bf16"]
-    assert main([*argv, "--manifest", str(tmp_path / "m.jsonl")]) == 2
-    assert "--precision bf16 is not available with --workers/--scheduler/--manifest" in capsys.readouterr().err
+    assert main([*argv, "--manifest", str(tmp_path / "m.jsonl")]) == 0
+    lines = [json.loads(ln) for ln in (tmp_path / "m.jsonl").read_text().splitlines() if ln.strip()]
+    assert [(r["status"], r["settings"]["precision"]) for r in lines] == [("cleaned", "bf16")]
 
 
 # --------------------------------------------------------------------------

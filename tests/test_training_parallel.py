@@ -99,20 +99,27 @@ def _worker_processes(out: str, port: str, pid: str, nproc: str) -> None:
 
 
 def _compare(a: dict, b: dict) -> None:
-    """All params and BN statistics within TOL, except conv biases feeding a BatchNorm.
+    """All params and BN statistics within TOL, except where a conv bias feeding a BatchNorm acts.
 
     Those biases have an exact gradient of 0 (BN subtracts the batch mean);
     their computed gradient is float rounding noise (~1e-9), which Adam's
     first step, lr * g / (|g| + eps), turns into updates of up to ±lr that
     differ between reduction orders. They are checked to have moved by at
-    most the learning rate.
+    most the learning rate; the next step's BN running means, which take
+    in a batch mean that includes that bias at the running-statistics
+    momentum (torch 0.005), may differ by that fraction of the biases'
+    largest difference.
     """
     assert a.keys() == b.keys() and a
+    bias = [k for k in a if "['params']" in k and "['conv" in k and k.endswith("['bias']")]
+    for k in bias:
+        assert np.max(np.abs(a[k] - b[k])) <= 2 * 0.005 + TOL, k
+    bias_diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in bias)
     for k, va in a.items():
-        if "['params']" in k and "['conv" in k and k.endswith("['bias']"):
-            assert np.max(np.abs(va - b[k])) <= 2 * 0.005 + TOL, k
+        if k in bias:
             continue
-        np.testing.assert_allclose(va, b[k], atol=TOL, rtol=TOL, err_msg=k)
+        atol = TOL + (0.005 * bias_diff if "['batch_stats']" in k and k.endswith("['mean']") else 0.0)
+        np.testing.assert_allclose(va, b[k], atol=atol, rtol=TOL, err_msg=k)
 
 
 def test_eight_devices_equal_one(tmp_path):
