@@ -322,11 +322,10 @@ def main(argv=None) -> int:
         "stamp_shape": list(ev.STAMP_SHAPE), "sigclips": list(sigclips),
         "lacosmic": {**lacosmic, "objlim": ev.OBJLIM},
     }
+    info = machine("astroscrappy", "skimage")
     reused = None
     if args.lacosmic_from:
-        import astroscrappy
-
-        reused = reused_lacosmic(args.lacosmic_from, {**lacosmic_config, "astroscrappy": astroscrappy.__version__},
+        reused = reused_lacosmic(args.lacosmic_from, {**lacosmic_config, "astroscrappy": info["astroscrappy"]},
                                  {f: ev.describe_batch(batches[f]) for f in FIELDS})
         print(f"LACosmic: reusing the results of {args.lacosmic_from}", flush=True)
     pool = ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) if args.jobs > 1 and not reused else None
@@ -400,7 +399,7 @@ def main(argv=None) -> int:
             "biharmonic_max": args.biharmonic_max,
             "mse_unit_note": MSE_UNIT_NOTE,
         },
-        "machine": machine("astroscrappy", "skimage"),
+        "machine": info,
         "runtime_s": time.perf_counter() - t_start,
         "seconds": seconds,
         "test_set": {f: ev.describe_batch(batches[f]) for f in FIELDS},
