@@ -35,7 +35,8 @@ def test_config_names_smoke_and_overrides():
     ("kwargs", "match"),
     [({"bogus": 1}, "unknown config field.*bogus"), ({"epochs_max": "many"}, "epochs_max must be int"),
      ({"lr": "fast"}, "lr must be float"), ({"norm": "layer"}, "norm must be one of"),
-     ({"crop": 30}, "crop must be a multiple of 4"), ({"flips": "maybe"}, "flips must be bool")],
+     ({"crop": 30}, "crop must be a multiple of 4"), ({"flips": "maybe"}, "flips must be bool"),
+     ({"bright_crops": 2.0}, r"bright_crops must be in \[0, 1\]")],
 )
 def test_config_bad_overrides(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -262,6 +263,34 @@ def _batch(cfg, seed=0):
     return {"image": rng.normal(100, 10, (b, n, n)).astype(np.float32),
             "cr": (rng.random((b, n, n)) < 0.05).astype(np.float32),
             "ignore": np.zeros((b, n, n), np.float32), "sky": np.full((b,), 100.0, np.float32)}
+
+
+def test_bright_crops_hold_the_brightest_unmasked_pixel():
+    img, cr = _arrays(8, (32, 32))
+    ign = np.zeros_like(cr)
+    for i in range(8):  # a star per stamp, a brighter CR and a brighter ignored pixel elsewhere
+        img[i, 3 + 3 * i, 28 - 3 * i] = 5000 + i
+        img[i, 1, 1], cr[i, 1, 1] = 9000, True
+        img[i, 30, 30], ign[i, 30, 30] = 9000, True
+    ds = data.from_arrays(img, cr, ign)
+    plain = data.EpochIterator(ds, 4, 16, seed=2)
+    off = data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=0.0)
+    on = data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0)
+    for e, b in [(0, 0), (0, 1), (3, 1)]:
+        assert off.batch(e, b)["image"].tobytes() == plain.batch(e, b)["image"].tobytes()  # 0 = the paper's crops
+        idx, y0, x0 = on.global_indices(e, b)
+        for i, y, x in zip(idx, y0, x0):
+            py, px = 3 + 3 * i, 28 - 3 * i
+            # the star lies in the crop's central half where the stamp's edges allow it
+            (ylo, yhi), (xlo, xhi) = np.clip([py - 12, py - 4], 0, 16), np.clip([px - 12, px - 4], 0, 16)
+            assert ylo <= y <= yhi and xlo <= x <= xhi
+        assert on.batch(e, b)["image"].max(axis=(1, 2)).min() >= 5000
+    half = data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=0.5)
+    moved = np.mean([np.any(np.stack(half.global_indices(e, 0)[1:]) != np.stack(plain.global_indices(e, 0)[1:]), axis=0)
+                     for e in range(50)])
+    assert 0.3 < moved < 0.6  # about half the crops are placed (a placed crop may land where the uniform one did)
+    with pytest.raises(ValueError, match=r"bright_fraction must be in \[0, 1\]; got 1.5"):
+        data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.5)
 
 
 def test_bn_phase_switch(key):

@@ -54,6 +54,7 @@ class TrainConfig:
     sky_aug_min: float = -0.9  # sky augmentation: alpha ~ U[sky_aug_min, sky_aug_max], image += alpha * sky
     sky_aug_max: float = 3.0  # upper end of the alpha range (0, 0 disables sky augmentation)
     flips: bool = True  # random flips and transposes (the 8 square symmetries), per stamp
+    bright_crops: float = 0.0  # fraction of training crops placed around the stamp's brightest non-CR pixel (0: all uniform, the paper)
     donors_max: int = 9  # inpaint: the inpainting mask ORs 1..donors_max CR masks of other stamps
     seed: int = 0  # seeds init, split, epoch order, crops and augmentation (no global seeds)
     data: str = "simulate"  # "simulate", or a path / glob of .npy pairs, .npz datasets or .fits stamps
@@ -86,6 +87,8 @@ class TrainConfig:
                 raise ValueError(f"{f} must be > 0; got {getattr(self, f)}")
         if not self.clip_norm >= 0:
             raise ValueError(f"clip_norm must be >= 0 (0: no clipping); got {self.clip_norm}")
+        if not 0 <= self.bright_crops <= 1:
+            raise ValueError(f"bright_crops must be in [0, 1]; got {self.bright_crops}")
         if not 0 < self.decay_factor < 1:
             raise ValueError(f"decay_factor must be in (0, 1); got {self.decay_factor}")
         if not 0 <= self.rtol < 1:

@@ -14,7 +14,9 @@ written by :func:`deepcr_jax.simulate.save_dataset`, and the simulator
 
 :class:`EpochIterator` yields batches in a deterministic order: epoch ``e``
 permutes the training stamps with a generator seeded by ``(seed, e)``; the
-random crop of batch ``b`` comes from ``(seed, e, b)``. Its position
+random crop of batch ``b`` comes from ``(seed, e, b)`` (and, with
+``bright_fraction > 0``, the choice of crops placed around each stamp's
+brightest pixel from ``(seed, 5, e, b)``). Its position
 ``(epoch, batch)`` is all a checkpoint needs to resume exactly. Each process
 gets its own contiguous slice of every global batch.
 """
@@ -295,14 +297,24 @@ class EpochIterator:
         Seeds the order (``(seed, epoch)``) and crops (``(seed, epoch, batch)``).
     process_index, process_count : int
         This process's slice of every global batch (``jax.process_index()``, ``jax.process_count()``).
+    bright_fraction : float
+        Probability that a crop is placed around its stamp's brightest pixel
+        that is neither a CR nor ignored (the pixel falls uniformly in the
+        crop's central half) instead of uniformly: bright source cores are a
+        few pixels per stamp, yet dominate the inpainting error when a CR
+        covers one. 0 (default) draws every crop uniformly.
     """
 
     def __init__(self, ds: Dataset, batch_size: int, crop: int, seed: int,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1, bright_fraction: float = 0.0):
         _check_sizes(ds, batch_size, crop, "training")
+        if not 0 <= bright_fraction <= 1:
+            raise ValueError(f"bright_fraction must be in [0, 1]; got {bright_fraction}")
         self.ds, self.batch_size, self.crop, self.seed = ds, batch_size, crop, seed
+        self.bright_fraction = float(bright_fraction)
         self.local = _local_slice(batch_size, process_index, process_count)
         self.steps_per_epoch = len(ds) // batch_size
+        self._peaks = _brightest_pixels(ds) if bright_fraction > 0 else None
 
     def global_indices(self, epoch: int, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Stamp indices and crop origins (y0, x0) of global batch ``batch`` of ``epoch``."""
@@ -312,6 +324,13 @@ class EpochIterator:
         rng = np.random.default_rng([self.seed, 3, epoch, batch])
         y0 = rng.integers(0, ny - self.crop + 1, self.batch_size)
         x0 = rng.integers(0, nx - self.crop + 1, self.batch_size)
+        if self._peaks is not None:
+            brng = np.random.default_rng([self.seed, 5, epoch, batch])
+            bright = brng.random(self.batch_size) < self.bright_fraction
+            quarter = self.crop // 4
+            for axis, (origin, size) in enumerate(((y0, ny), (x0, nx))):
+                centred = self._peaks[idx, axis] - quarter - brng.integers(0, 2 * quarter + 1, self.batch_size)
+                origin[bright] = np.clip(centred, 0, size - self.crop)[bright]
         return idx, y0, x0
 
     def batch(self, epoch: int, batch: int) -> dict[str, np.ndarray]:
@@ -323,6 +342,12 @@ class EpochIterator:
         """``(batch_index, batch)`` for the batches ``start, start+1, ...`` of ``epoch``."""
         for b in range(start, self.steps_per_epoch):
             yield b, self.batch(epoch, b)
+
+
+def _brightest_pixels(ds: Dataset) -> np.ndarray:
+    """(n, 2) int: (y, x) of each stamp's brightest pixel that is neither a CR nor ignored."""
+    flat = np.where(ds.cr | ds.ignore, -np.inf, ds.image).reshape(len(ds), -1)
+    return np.stack(np.unravel_index(np.argmax(flat, axis=1), ds.image.shape[1:]), axis=1)
 
 
 def eval_batches(ds: Dataset, batch_size: int, crop: int, process_index: int = 0,

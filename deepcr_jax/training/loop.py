@@ -246,7 +246,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overw
         raise ValueError(f"batch_size ({config.batch_size}) must be divisible by the device count ({mesh.size})")
     ds = data if data is not None else data_lib.load_source(config)
     train_ds, val_ds = data_lib.split_by_group(ds, config.val_fraction, config.seed)
-    it = data_lib.EpochIterator(train_ds, config.batch_size, config.crop, config.seed, pi, pc)
+    it = data_lib.EpochIterator(train_ds, config.batch_size, config.crop, config.seed, pi, pc,
+                                bright_fraction=config.bright_crops)
     val_local = data_lib.eval_batches(val_ds, config.batch_size, config.crop, pi, pc)
     val_global = val_local if pc == 1 else data_lib.eval_batches(val_ds, config.batch_size, config.crop)
     key = jax.random.key(config.seed)
