@@ -15,7 +15,12 @@ Inpainting (Table 3)
     Each stamp is inpainted at the CR mask of one *other* stamp (all fields
     pooled, fixed seed); MSE over those pixels minus the stamp's own CRs and
     ignored pixels, against the observed image (paper eq. 2), for
-    deepCR-inpaint 2-32 and 3-32, medmask (5x5 masked median) and biharmonic.
+    deepCR-inpaint 2-32 and 3-32, deepcr-jax's trained 2-32 (a results
+    artifact in ``results/trained/``), medmask (5x5 masked median) and
+    biharmonic, on 100 stamps per field by default. The squared errors are
+    heavy-tailed (bright star cores): at 100 stamps one stamp can hold 90 %
+    of a field's error, so compare models with ``--n-inpaint 1000`` (the
+    paper used 9600 stamps in all) and ``--biharmonic-max 100``.
 
 End to end (not in the paper)
     ``clean(image_with_CRs, inpaint=...)``: ACS-WFC's predicted mask, cleaned
@@ -57,6 +62,8 @@ SIGCLIP_QUICK = (3.0, 6.0)
 INPAINTERS = {
     "deepCR-2-32": "ACS-WFC-F606W-2-32",
     "deepCR-3-32": "ACS-WFC-F606W-3-32",
+    # trained by deepcr-jax on simulated data (README, Training); a results artifact, not a zoo model
+    "deepcr-jax-2-32": os.path.join(RESULTS, "trained", "inpaint-jax-2-32-ft2.npz"),
     "medmask": "medmask",
     "biharmonic": None,
 }

@@ -31,9 +31,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from deepcr_jax._compile import run_once
 from deepcr_jax.arch import blocks
 
-__all__ = ["Affine", "BatchNorm", "ConvTranspose2x2", "DoubleConv", "Ops", "UNet", "WeightNormConv"]
+__all__ = ["Affine", "BatchNorm", "ConvTranspose2x2", "DoubleConv", "Ops", "UNet", "WeightNormConv", "init_variables"]
 
 Norm = Literal["batch", "weight", "affine", "none"]
 Head = Literal["sigmoid", "identity"]
@@ -365,3 +366,28 @@ class UNet(nn.Module):
                 x = Up(block.out_channels, self.norm, self.ops, name=block.name)(x, skip, train=train, valid=v)
         y = Conv(self.out_channels, size=1, name="outc")(x.astype(io_dtype))
         return nn.sigmoid(y) if self.head == "sigmoid" else y
+
+
+def init_variables(module: nn.Module, key: jax.Array, x: jax.Array, **kwargs: Any) -> dict:
+    """``module.init(key, x, **kwargs)``, compiled once and fast.
+
+    Parameters
+    ----------
+    module : flax Module
+        E.g. a :class:`UNet`.
+    key : PRNG key
+        Draws the initial weights.
+    x : array, shape (n, ny, nx, c)
+        An example input (only its shape and dtype matter for the weights).
+    **kwargs
+        Passed to ``module.init`` (e.g. ``train=False``).
+
+    Returns
+    -------
+    dict
+        The variables (``{"params", ...}``), as ``module.init`` returns them
+        up to 1 ulp (see :func:`deepcr_jax._compile.run_once`: eager or
+        optimised ``init`` of a UNet spends ~35 s compiling its random draws
+        on one CPU core).
+    """
+    return run_once(lambda k, x: module.init(k, x, **kwargs), key, x)

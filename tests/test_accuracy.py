@@ -29,7 +29,7 @@ SCRIPT = ROOT / "benchmarks" / "accuracy.py"
 RESULTS = ROOT / "benchmarks" / "results"
 FIELDS = ("extragalactic", "globular", "resolved")
 FPRS = ("0.0005", "0.005")
-INPAINTERS = ("deepCR-2-32", "deepCR-3-32", "medmask", "biharmonic")
+INPAINTERS = ("deepCR-2-32", "deepCR-3-32", "deepcr-jax-2-32", "medmask", "biharmonic")
 
 
 def _results_state() -> dict:
@@ -133,7 +133,7 @@ def test_end_to_end_sane(quick_run):
     assert "End to end" in md
     for f in FIELDS:
         e2e = data["end_to_end"][f]
-        assert set(e2e) == {"deepCR-2-32", "deepCR-3-32", "medmask"}
+        assert set(e2e) == {"deepCR-2-32", "deepCR-3-32", "deepcr-jax-2-32", "medmask"}
         for lab, variants in e2e.items():
             r0, r1 = variants["dilate0"], variants["dilate1"]
             assert r0["n_cr"] > 0 and r0["n_cr_replaced"] > 0, (f, lab)

@@ -27,7 +27,7 @@ from deepcr_jax.model import load_params
 from deepcr_jax.native import ops
 from deepcr_jax.native import unet as native_unet
 from deepcr_jax.native.unet import valid_bounds
-from deepcr_jax.nets import ConvTranspose2x2, UNet, max_pool2
+from deepcr_jax.nets import ConvTranspose2x2, UNet, init_variables, max_pool2
 
 requires_native = pytest.mark.skipif(
     shutil.which(os.environ.get("CXX", "c++")) is None or os.environ.get("DEEPCR_JAX_NATIVE") == "0",
@@ -316,7 +316,7 @@ def test_fused_network_narrow_and_mixed_widths(rng, depth, hidden):
     valid = np.zeros((2, 40, 56, 1), np.float32)
     valid[0, :32, :48] = 1.0
     valid[1, 8:, 8:] = 1.0
-    variables = module.init(jax.random.PRNGKey(1), x)
+    variables = init_variables(module, jax.random.PRNGKey(1), x)
     with jax.default_matmul_precision("highest"):
         plain = np.asarray(module.apply(variables, x, valid=valid))
     fused = np.asarray(jax.jit(
@@ -380,7 +380,7 @@ def test_fused_network_wider_than_one_register_block(rng):
     """hidden 64: the 1x1 head cannot ride in the kernel's epilogue and runs after it."""
     module = UNet(depth=2, hidden=64, norm="affine")
     x = rng.normal(size=(1, 24, 32, 1)).astype(np.float32)
-    variables = module.init(jax.random.PRNGKey(0), x)
+    variables = init_variables(module, jax.random.PRNGKey(0), x)
     with jax.default_matmul_precision("highest"):
         plain = np.asarray(module.apply(variables, x))
     fused = np.asarray(jax.jit(

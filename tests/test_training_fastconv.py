@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepcr_jax.nets import BatchNorm, UNet, max_pool2
+from deepcr_jax.nets import BatchNorm, UNet, init_variables, max_pool2
 from deepcr_jax.training import fast_ops, native_conv
 from deepcr_jax.training.config import get_config
 from deepcr_jax.training.state import create_state, make_module
@@ -180,7 +180,7 @@ def test_unet_gradients_match_xla(norm, train):
     x = jax.random.normal(jax.random.key(0), (2, 16, 24, 1)) * 3
     target = (jax.random.uniform(jax.random.key(1), (2, 16, 24)) < 0.1).astype(jnp.float32)
     ref_module = UNet(2, 32, norm=norm, head="identity")
-    variables = ref_module.init(jax.random.key(2), x)
+    variables = init_variables(ref_module, jax.random.key(2), x)
     if norm == "batch":  # running statistics away from their init, so that phase 2 uses nontrivial ones
         variables["batch_stats"] = jax.tree.map(lambda v: v + 0.3 * jnp.abs(jnp.sin(jnp.arange(v.size))),
                                                 variables["batch_stats"])
@@ -236,8 +236,8 @@ def test_same_parameters_with_and_without_ops():
     """The ops change how the network computes, not its parameters (checkpoints, export, converter)."""
     x = jnp.ones((1, 8, 8, 1))
     for norm in ("batch", "weight"):
-        a = UNet(2, 32, norm=norm).init(jax.random.key(0), x)
-        b = UNet(2, 32, norm=norm, ops=fast_ops.make_ops("native")).init(jax.random.key(0), x)
+        a = init_variables(UNet(2, 32, norm=norm), jax.random.key(0), x)
+        b = init_variables(UNet(2, 32, norm=norm, ops=fast_ops.make_ops("native")), jax.random.key(0), x)
         assert jax.tree.structure(a) == jax.tree.structure(b)
         for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
             np.testing.assert_array_equal(u, v)

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from deepcr_jax._compile import run_once
 from deepcr_jax.nets import UNet
 from deepcr_jax.training.config import TrainConfig
 from deepcr_jax.training.fast_ops import make_ops
@@ -92,7 +93,6 @@ def create_state(config: TrainConfig, key: jax.Array) -> dict[str, Any]:
 
         loaded = load_init_variables(config)
 
-    @jax.jit
     def build(key, loaded):
         # one compilation for everything; every leaf its own fresh buffer (the step donates the state)
         k_init, _ = jax.random.split(key)
@@ -108,7 +108,7 @@ def create_state(config: TrainConfig, key: jax.Array) -> dict[str, Any]:
         shapes = jax.eval_shape(lambda k: module.init(k, x, train=False), key)
         _check_same_tree(shapes["params"], loaded["params"], config.init)
         _check_same_tree(shapes.get("batch_stats", {}), loaded.get("batch_stats", {}), config.init)
-    return build(key, loaded)
+    return run_once(build, key, loaded)
 
 
 def step_key(state: dict[str, Any], step: int) -> jax.Array:
