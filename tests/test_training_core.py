@@ -14,7 +14,7 @@ from deepcr_jax.training import augment, data, losses
 from deepcr_jax.training.config import CONFIG_NAMES, get_config, parse_overrides
 from deepcr_jax.training.schedule import Plateau, bn_phase, get_learning_rate, set_learning_rate
 from deepcr_jax.training.state import create_state, make_optimizer
-from deepcr_jax.training.step import make_eval_step, make_train_step
+from deepcr_jax.training.step import make_eval_step, make_train_step, network_input
 
 # ---------------------------------------------------------------- config
 
@@ -36,7 +36,8 @@ def test_config_names_smoke_and_overrides():
     [({"bogus": 1}, "unknown config field.*bogus"), ({"epochs_max": "many"}, "epochs_max must be int"),
      ({"lr": "fast"}, "lr must be float"), ({"norm": "layer"}, "norm must be one of"),
      ({"crop": 30}, "crop must be a multiple of 4"), ({"flips": "maybe"}, "flips must be bool"),
-     ({"bright_crops": 2.0}, r"bright_crops must be in \[0, 1\]")],
+     ({"bright_crops": 2.0}, r"bright_crops must be in \[0, 1\]"),
+     ({"core_masks": 0.5}, "core_masks > 0 needs kind='inpaint' and bright_crops > 0")],
 )
 def test_config_bad_overrides(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -252,6 +253,44 @@ def test_split_by_group_and_iterator(tmp_path):
     np.save(tmp_path / "bad.npy", img[:4])
     with pytest.raises(ValueError, match=r"pair file must be \(2 or 3, ny, nx\)"):
         data.from_pair_files([str(tmp_path / "bad.npy")])
+
+
+def test_core_masks_cover_the_bright_pixel(key):
+    img, cr = _arrays(8, (32, 32))
+    ign = np.zeros_like(cr)
+    for i in range(8):
+        img[i, 3 + 3 * i, 28 - 3 * i] = 5000 + i
+    ds = data.from_arrays(img, cr, ign)
+    assert "core" not in data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0).batch(0, 0)
+    it = data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0, core_fraction=1.0)
+    sizes = set()
+    for e, b in [(0, 0), (0, 1), (2, 0), (5, 1)]:
+        batch = it.batch(e, b)
+        idx, y0, x0 = it.global_indices(e, b)
+        for i, y, x, core in zip(idx, y0, x0, batch["core"]):
+            assert core[3 + 3 * i - y, 28 - 3 * i - x] == 1  # the star's peak is hidden
+            ys, xs = np.nonzero(core)
+            h, w = np.ptp(ys) + 1, np.ptp(xs) + 1
+            assert core.sum() == h * w and h <= 3 and w <= 4  # one block
+            sizes.add((int(h), int(w)))
+        assert batch["core"].tobytes() == it.batch(e, b)["core"].tobytes()  # deterministic
+    assert len(sizes) > 3
+    halves = [data.EpochIterator(ds, 4, 16, seed=2, process_index=p, process_count=2, bright_fraction=1.0,
+                                 core_fraction=1.0).batch(3, 0)["core"] for p in (0, 1)]
+    np.testing.assert_array_equal(np.concatenate(halves), it.batch(3, 0)["core"])
+    with pytest.raises(ValueError, match="core_fraction > 0 needs bright_fraction > 0"):
+        data.EpochIterator(ds, 4, 16, seed=2, core_fraction=0.5)
+    # the training step adds the block to the inpainting mask, through the same flips as the image
+    cfg = get_config("inpaint_2_32.smoke", batch_size=4, crop=16, bright_crops=1.0, core_masks=1.0)
+    batch = {k: jnp.asarray(v) for k, v in it.batch(0, 0).items()}
+    x, labels = network_input(cfg, batch, key, train=True)
+    plain, _ = network_input(cfg, {k: v for k, v in batch.items() if k != "core"}, key, train=True)
+    m = np.asarray(labels["inpaint_mask"])
+    assert np.all(m >= np.asarray(plain[..., 1])) and m.sum() > np.asarray(plain[..., 1]).sum()
+    target = np.asarray(labels["target"])
+    for j in range(4):  # the hidden block sits on the stamp's (flipped) star
+        assert target[j][m[j] > 0].max() * cfg.scale > 4000  # 5000 e- less at most 0.9 sky
+        assert np.all(np.asarray(x[j, ..., 0])[m[j] > 0] == 0)
 
 
 # ---------------------------------------------------------------- BatchNorm phases

@@ -55,6 +55,7 @@ class TrainConfig:
     sky_aug_max: float = 3.0  # upper end of the alpha range (0, 0 disables sky augmentation)
     flips: bool = True  # random flips and transposes (the 8 square symmetries), per stamp
     bright_crops: float = 0.0  # fraction of training crops placed around the stamp's brightest non-CR pixel (0: all uniform, the paper)
+    core_masks: float = 0.0  # inpaint: fraction of bright crops whose inpainting mask also hides the peak (a 1-3 x 1-4 px block; 0: off, the paper)
     donors_max: int = 9  # inpaint: the inpainting mask ORs 1..donors_max CR masks of other stamps
     seed: int = 0  # seeds init, split, epoch order, crops and augmentation (no global seeds)
     data: str = "simulate"  # "simulate", or a path / glob of .npy pairs, .npz datasets or .fits stamps
@@ -87,8 +88,11 @@ class TrainConfig:
                 raise ValueError(f"{f} must be > 0; got {getattr(self, f)}")
         if not self.clip_norm >= 0:
             raise ValueError(f"clip_norm must be >= 0 (0: no clipping); got {self.clip_norm}")
-        if not 0 <= self.bright_crops <= 1:
-            raise ValueError(f"bright_crops must be in [0, 1]; got {self.bright_crops}")
+        for f in ("bright_crops", "core_masks"):
+            if not 0 <= getattr(self, f) <= 1:
+                raise ValueError(f"{f} must be in [0, 1]; got {getattr(self, f)}")
+        if self.core_masks and (self.kind != "inpaint" or not self.bright_crops):
+            raise ValueError("core_masks > 0 needs kind='inpaint' and bright_crops > 0 (it hides the bright crops' peaks)")
         if not 0 < self.decay_factor < 1:
             raise ValueError(f"decay_factor must be in (0, 1); got {self.decay_factor}")
         if not 0 <= self.rtol < 1:

@@ -16,7 +16,8 @@ written by :func:`deepcr_jax.simulate.save_dataset`, and the simulator
 permutes the training stamps with a generator seeded by ``(seed, e)``; the
 random crop of batch ``b`` comes from ``(seed, e, b)`` (and, with
 ``bright_fraction > 0``, the choice of crops placed around each stamp's
-brightest pixel from ``(seed, 5, e, b)``). Its position
+brightest pixel from ``(seed, 5, e, b)``; with ``core_fraction > 0``, the
+blocks that hide those pixels from ``(seed, 6, e, b)``). Its position
 ``(epoch, batch)`` is all a checkpoint needs to resume exactly. Each process
 gets its own contiguous slice of every global batch.
 """
@@ -303,27 +304,43 @@ class EpochIterator:
         crop's central half) instead of uniformly: bright source cores are a
         few pixels per stamp, yet dominate the inpainting error when a CR
         covers one. 0 (default) draws every crop uniformly.
+    core_fraction : float
+        Probability that a bright-placed crop also carries a ``core`` mask
+        (B, crop, crop) float32: a block of 1-3 × 1-4 px over the bright
+        pixel, at a random offset, for the training step to add to the
+        inpainting mask (so the network learns to predict masked source
+        cores, which random CR masks rarely hit). 0 (default): no ``core``
+        key in the batches. Needs ``bright_fraction > 0``.
     """
 
     def __init__(self, ds: Dataset, batch_size: int, crop: int, seed: int,
-                 process_index: int = 0, process_count: int = 1, bright_fraction: float = 0.0):
+                 process_index: int = 0, process_count: int = 1, bright_fraction: float = 0.0,
+                 core_fraction: float = 0.0):
         _check_sizes(ds, batch_size, crop, "training")
-        if not 0 <= bright_fraction <= 1:
-            raise ValueError(f"bright_fraction must be in [0, 1]; got {bright_fraction}")
+        for name, v in (("bright_fraction", bright_fraction), ("core_fraction", core_fraction)):
+            if not 0 <= v <= 1:
+                raise ValueError(f"{name} must be in [0, 1]; got {v}")
+        if core_fraction > 0 and bright_fraction == 0:
+            raise ValueError("core_fraction > 0 needs bright_fraction > 0 (core masks cover the bright crops' peaks)")
         self.ds, self.batch_size, self.crop, self.seed = ds, batch_size, crop, seed
-        self.bright_fraction = float(bright_fraction)
+        self.bright_fraction, self.core_fraction = float(bright_fraction), float(core_fraction)
         self.local = _local_slice(batch_size, process_index, process_count)
         self.steps_per_epoch = len(ds) // batch_size
         self._peaks = _brightest_pixels(ds) if bright_fraction > 0 else None
 
     def global_indices(self, epoch: int, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Stamp indices and crop origins (y0, x0) of global batch ``batch`` of ``epoch``."""
+        return self._placement(epoch, batch)[:3]
+
+    def _placement(self, epoch: int, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``global_indices`` plus the (B,) bool of crops placed around their stamp's peak."""
         perm = np.random.default_rng([self.seed, 2, epoch]).permutation(len(self.ds))
         idx = perm[batch * self.batch_size:(batch + 1) * self.batch_size]
         ny, nx = self.ds.image.shape[1:]
         rng = np.random.default_rng([self.seed, 3, epoch, batch])
         y0 = rng.integers(0, ny - self.crop + 1, self.batch_size)
         x0 = rng.integers(0, nx - self.crop + 1, self.batch_size)
+        bright = np.zeros(self.batch_size, bool)
         if self._peaks is not None:
             brng = np.random.default_rng([self.seed, 5, epoch, batch])
             bright = brng.random(self.batch_size) < self.bright_fraction
@@ -331,12 +348,30 @@ class EpochIterator:
             for axis, (origin, size) in enumerate(((y0, ny), (x0, nx))):
                 centred = self._peaks[idx, axis] - quarter - brng.integers(0, 2 * quarter + 1, self.batch_size)
                 origin[bright] = np.clip(centred, 0, size - self.crop)[bright]
-        return idx, y0, x0
+        return idx, y0, x0, bright
 
     def batch(self, epoch: int, batch: int) -> dict[str, np.ndarray]:
         """This process's part of global batch ``batch`` of ``epoch`` (dict of numpy arrays)."""
-        idx, y0, x0 = (a[self.local] for a in self.global_indices(epoch, batch))
-        return _gather(self.ds, idx, y0, x0, self.crop)
+        placed = self._placement(epoch, batch)
+        idx, y0, x0 = (a[self.local] for a in placed[:3])
+        out = _gather(self.ds, idx, y0, x0, self.crop)
+        if self.core_fraction > 0:
+            out["core"] = self._core_masks(epoch, batch, *placed)[self.local]
+        return out
+
+    def _core_masks(self, epoch: int, batch: int, idx: np.ndarray, y0: np.ndarray, x0: np.ndarray,
+                    bright: np.ndarray) -> np.ndarray:
+        """(B, crop, crop) float32 blocks over the peaks of a ``core_fraction`` of the bright crops."""
+        rng = np.random.default_rng([self.seed, 6, epoch, batch])
+        b = self.batch_size
+        use = bright & (rng.random(b) < self.core_fraction)
+        h, w = rng.integers(1, 4, b), rng.integers(1, 5, b)
+        oy, ox = rng.integers(0, 3, b) % h, rng.integers(0, 4, b) % w  # the peak's place inside the block
+        out = np.zeros((b, self.crop, self.crop), np.float32)
+        for i in np.flatnonzero(use):
+            ty, tx = self._peaks[idx[i], 0] - y0[i] - oy[i], self._peaks[idx[i], 1] - x0[i] - ox[i]
+            out[i, max(ty, 0):max(ty + h[i], 0), max(tx, 0):max(tx + w[i], 0)] = 1.0
+        return out
 
     def iterate(self, epoch: int, start: int = 0) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """``(batch_index, batch)`` for the batches ``start, start+1, ...`` of ``epoch``."""

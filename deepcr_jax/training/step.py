@@ -5,7 +5,8 @@ with ``step(state, batch, key) -> (state, metrics)``; the BatchNorm phase is
 fixed per compiled function (``bn_frozen``). ``batch`` is a dict of global
 arrays: ``image`` (B, ny, nx) float32 in the data's units (e-), ``cr`` and
 ``ignore`` (B, ny, nx) float32 0/1 (1 = cosmic ray / ignored), ``sky`` (B,)
-float32. With a mesh, the batch is sharded over its ``"data"`` axis and the
+float32, and optionally ``core`` (B, ny, nx) float32 0/1: pixels added to
+the inpainting mask (``TrainConfig.core_masks``). With a mesh, the batch is sharded over its ``"data"`` axis and the
 state replicated; BatchNorm statistics and the loss are over the global batch.
 """
 
@@ -46,17 +47,20 @@ def network_input(config: TrainConfig, batch: dict[str, jax.Array], key: jax.Arr
     ``train=False`` (inpainting masks always need one).
     """
     image, cr, ignore = batch["image"], batch["cr"], batch["ignore"]
+    extra = (batch["core"],) if train and "core" in batch else ()
     if key is not None:
         k_sky, k_flip, k_donor = jax.random.split(key, 3)
     if train:
         image = augment.sky_augment(k_sky, image, batch["sky"], config.sky_aug_min, config.sky_aug_max)
         if config.flips:
-            image, cr, ignore = augment.dihedral(k_flip, image, cr, ignore)
+            image, cr, ignore, *extra = augment.dihedral(k_flip, image, cr, ignore, *extra)
     x = preprocess(image, config.scale, config.standardize)
     labels = {"cr": cr, "ignore": ignore}
     if config.kind == "mask":
         return x[..., None], labels
     m = augment.donor_masks(k_donor, cr, config.donors_max)
+    if extra:
+        m = jnp.maximum(m, extra[0])
     labels.update(target=x, inpaint_mask=m)
     return jnp.stack([x * (1 - m), m], axis=-1), labels
 
