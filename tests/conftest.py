@@ -110,3 +110,26 @@ def synthetic_field(rng: np.random.Generator, shape=(128, 128), sky=80.0, n_star
                 img[yi, xi] += rng.lognormal(6.5, 0.7)
                 cr[yi, xi] = True
     return img.astype(np.float32), cr
+
+
+# ---------------------------------------------------------------- scheduling over pytest-xdist workers
+# `pytest -n 2 --dist loadgroup` (the README's command, via addopts) hands out
+# one test at a time, or one group: the tests of a file whose module-scoped
+# fixture is expensive run in one worker, so it is built once. The long tests
+# come first, so that they do not end up last on one worker while the other
+# idles.
+_GROUPED = ("test_accuracy.py", "test_batch.py", "test_cli.py", "test_fits.py", "test_pipeline.py",
+            "test_training_builder.py")
+_LONG_FIRST = ("test_accuracy.py", "test_readme.py", "test_training_loop.py", "test_training_parallel.py",
+               "test_parity.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.path.name
+        return _LONG_FIRST.index(name) if name in _LONG_FIRST else len(_LONG_FIRST)
+
+    items.sort(key=rank)  # stable: file order and test order otherwise kept
+    for item in items:
+        if item.path.name in _GROUPED:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
