@@ -18,7 +18,7 @@ import jax
 
 from deepcr_jax.training import config as config_lib
 from deepcr_jax.training import data as data_lib
-from deepcr_jax.training.loop import _validate, make_mesh
+from deepcr_jax.training.loop import make_mesh, validate
 from deepcr_jax.training.state import create_state, replicate
 from deepcr_jax.training.step import make_eval_step
 
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
         val = data_lib.eval_batches(val_ds, cfg.batch_size, cfg.crop, 0, 1)
         key = jax.random.key(cfg.seed)
         state = replicate(create_state(cfg, key), mesh)
-        loss, _, _ = _validate(cfg, state, make_eval_step(cfg, mesh), val, val, mesh,
+        loss, _, _ = validate(cfg, state, make_eval_step(cfg, mesh), val, val, mesh,
                                jax.random.fold_in(key, 2**31 - 1))
         print(f"{model}: validation MSE {loss:.4f} (network units, (100 e-)^2 at scale 100)")
     return 0

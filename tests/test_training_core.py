@@ -37,7 +37,8 @@ def test_config_names_smoke_and_overrides():
      ({"lr": "fast"}, "lr must be float"), ({"norm": "layer"}, "norm must be one of"),
      ({"crop": 30}, "crop must be a multiple of 4"), ({"flips": "maybe"}, "flips must be bool"),
      ({"bright_crops": 2.0}, r"bright_crops must be in \[0, 1\]"),
-     ({"core_masks": 0.5}, "core_masks > 0 needs kind='inpaint' and bright_crops > 0")],
+     ({"core_masks": 0.5}, "core_masks > 0 needs kind='inpaint' and bright_crops > 0"),
+     ({"core_size": 0}, "core_size must be >= 1"), ({"core_size": 300}, r"core_size \(300\) must be <= crop")],
 )
 def test_config_bad_overrides(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -262,19 +263,23 @@ def test_core_masks_cover_the_bright_pixel(key):
         img[i, 3 + 3 * i, 28 - 3 * i] = 5000 + i
     ds = data.from_arrays(img, cr, ign)
     assert "core" not in data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0).batch(0, 0)
+    for size in (4, 9):
+        it = data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0, core_fraction=1.0, core_size=size)
+        sizes = set()
+        for e, b in [(e, b) for e in range(6) for b in (0, 1)]:
+            batch = it.batch(e, b)
+            idx, y0, x0 = it.global_indices(e, b)
+            for i, y, x, core in zip(idx, y0, x0, batch["core"]):
+                assert core[3 + 3 * i - y, 28 - 3 * i - x] == 1  # the star's peak is hidden
+                ys, xs = np.nonzero(core)
+                h, w = np.ptp(ys) + 1, np.ptp(xs) + 1
+                assert core.sum() == h * w and h <= size and w <= size  # one block (maybe cut by the crop edge)
+                sizes.add(max(int(h), int(w)))
+            assert batch["core"].tobytes() == it.batch(e, b)["core"].tobytes()  # deterministic
+        assert max(sizes) > 3 * size // 4 and len(sizes) > size // 2
     it = data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0, core_fraction=1.0)
-    sizes = set()
-    for e, b in [(0, 0), (0, 1), (2, 0), (5, 1)]:
-        batch = it.batch(e, b)
-        idx, y0, x0 = it.global_indices(e, b)
-        for i, y, x, core in zip(idx, y0, x0, batch["core"]):
-            assert core[3 + 3 * i - y, 28 - 3 * i - x] == 1  # the star's peak is hidden
-            ys, xs = np.nonzero(core)
-            h, w = np.ptp(ys) + 1, np.ptp(xs) + 1
-            assert core.sum() == h * w and h <= 3 and w <= 4  # one block
-            sizes.add((int(h), int(w)))
-        assert batch["core"].tobytes() == it.batch(e, b)["core"].tobytes()  # deterministic
-    assert len(sizes) > 3
+    with pytest.raises(ValueError, match="core_size must be in"):
+        data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0, core_fraction=1.0, core_size=17)
     halves = [data.EpochIterator(ds, 4, 16, seed=2, process_index=p, process_count=2, bright_fraction=1.0,
                                  core_fraction=1.0).batch(3, 0)["core"] for p in (0, 1)]
     np.testing.assert_array_equal(np.concatenate(halves), it.batch(3, 0)["core"])

@@ -55,7 +55,8 @@ class TrainConfig:
     sky_aug_max: float = 3.0  # upper end of the alpha range (0, 0 disables sky augmentation)
     flips: bool = True  # random flips and transposes (the 8 square symmetries), per stamp
     bright_crops: float = 0.0  # fraction of training crops placed around the stamp's brightest non-CR pixel (0: all uniform, the paper)
-    core_masks: float = 0.0  # inpaint: fraction of bright crops whose inpainting mask also hides the peak (a 1-3 x 1-4 px block; 0: off, the paper)
+    core_masks: float = 0.0  # inpaint: fraction of bright crops whose inpainting mask also hides the peak (a block; 0: off, the paper)
+    core_size: int = 4  # inpaint: largest side (px) of that block; sides uniform in 1..core_size, the peak anywhere inside
     donors_max: int = 9  # inpaint: the inpainting mask ORs 1..donors_max CR masks of other stamps
     seed: int = 0  # seeds init, split, epoch order, crops and augmentation (no global seeds)
     data: str = "simulate"  # "simulate", or a path / glob of .npy pairs, .npz datasets or .fits stamps
@@ -73,7 +74,8 @@ class TrainConfig:
         _check_choice("depth", self.depth, (2, 3))
         _check_choice("norm", self.norm, ("batch", "weight"))
         _check_choice("kernels", self.kernels, ("auto", "native", "xla"))
-        for f in ("hidden", "batch_size", "crop", "epochs_max", "patience", "sim_n", "sim_shape", "donors_max"):
+        for f in ("hidden", "batch_size", "crop", "epochs_max", "patience", "sim_n", "sim_shape", "donors_max",
+                  "core_size"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be >= 1; got {getattr(self, f)}")
         for f in ("bn_epochs", "max_decays", "checkpoint_every_steps", "plot_every"):
@@ -81,6 +83,8 @@ class TrainConfig:
                 raise ValueError(f"{f} must be >= 0; got {getattr(self, f)}")
         if self.crop % 4:
             raise ValueError(f"crop must be a multiple of 4 (deepCR's padding grid); got {self.crop}")
+        if self.core_size > self.crop:
+            raise ValueError(f"core_size ({self.core_size}) must be <= crop ({self.crop})")
         if self.crop > self.sim_shape and self.data == "simulate":
             raise ValueError(f"crop ({self.crop}) must be <= sim_shape ({self.sim_shape})")
         for f in ("scale", "lr"):

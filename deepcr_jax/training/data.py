@@ -306,17 +306,24 @@ class EpochIterator:
         covers one. 0 (default) draws every crop uniformly.
     core_fraction : float
         Probability that a bright-placed crop also carries a ``core`` mask
-        (B, crop, crop) float32: a block of 1-3 × 1-4 px over the bright
-        pixel, at a random offset, for the training step to add to the
-        inpainting mask (so the network learns to predict masked source
-        cores, which random CR masks rarely hit). 0 (default): no ``core``
-        key in the batches. Needs ``bright_fraction > 0``.
+        (B, crop, crop) float32: a block over the bright pixel, for the
+        training step to add to the inpainting mask (so the network learns
+        to predict masked source cores, which random CR masks rarely hit).
+        0 (default): no ``core`` key in the batches. Needs
+        ``bright_fraction > 0``.
+    core_size : int
+        Largest side (px) of a core block: height and width are uniform in
+        ``1..core_size`` and the peak falls uniformly inside the block, so
+        large blocks hide a whole core with only one side's wings in view
+        (as a large CR over a star does).
     """
 
     def __init__(self, ds: Dataset, batch_size: int, crop: int, seed: int,
                  process_index: int = 0, process_count: int = 1, bright_fraction: float = 0.0,
-                 core_fraction: float = 0.0):
+                 core_fraction: float = 0.0, core_size: int = 4):
         _check_sizes(ds, batch_size, crop, "training")
+        if not 1 <= core_size <= crop:
+            raise ValueError(f"core_size must be in [1, crop={crop}]; got {core_size}")
         for name, v in (("bright_fraction", bright_fraction), ("core_fraction", core_fraction)):
             if not 0 <= v <= 1:
                 raise ValueError(f"{name} must be in [0, 1]; got {v}")
@@ -324,6 +331,7 @@ class EpochIterator:
             raise ValueError("core_fraction > 0 needs bright_fraction > 0 (core masks cover the bright crops' peaks)")
         self.ds, self.batch_size, self.crop, self.seed = ds, batch_size, crop, seed
         self.bright_fraction, self.core_fraction = float(bright_fraction), float(core_fraction)
+        self.core_size = int(core_size)
         self.local = _local_slice(batch_size, process_index, process_count)
         self.steps_per_epoch = len(ds) // batch_size
         self._peaks = _brightest_pixels(ds) if bright_fraction > 0 else None
@@ -365,8 +373,8 @@ class EpochIterator:
         rng = np.random.default_rng([self.seed, 6, epoch, batch])
         b = self.batch_size
         use = bright & (rng.random(b) < self.core_fraction)
-        h, w = rng.integers(1, 4, b), rng.integers(1, 5, b)
-        oy, ox = rng.integers(0, 3, b) % h, rng.integers(0, 4, b) % w  # the peak's place inside the block
+        h, w = rng.integers(1, self.core_size + 1, (2, b))
+        oy, ox = rng.integers(0, h), rng.integers(0, w)  # the peak's place inside the block
         out = np.zeros((b, self.crop, self.crop), np.float32)
         for i in np.flatnonzero(use):
             ty, tx = self._peaks[idx[i], 0] - y0[i] - oy[i], self._peaks[idx[i], 1] - x0[i] - ox[i]

@@ -42,7 +42,7 @@ from deepcr_jax.training.schedule import Plateau, bn_phase, set_learning_rate
 from deepcr_jax.training.state import create_state, replicate
 from deepcr_jax.training.step import make_eval_step, make_train_step
 
-__all__ = ["global_batch", "make_mesh", "train_and_evaluate"]
+__all__ = ["global_batch", "make_mesh", "train_and_evaluate", "validate"]
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,33 @@ def _read_history(path: str, before_epoch: int, primary: bool) -> list[dict[str,
     return records
 
 
-def _validate(config, state, eval_step, val_local, val_global, mesh, key) -> tuple[float, dict, np.ndarray]:
+def validate(config, state, eval_step, val_local, val_global, mesh, key) -> tuple[float, dict, np.ndarray]:
+    """The validation loss and scores of ``state`` (eval-mode network) on fixed batches.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run's config (``kind``, ``batch_size``).
+    state : TrainState
+        Replicated over ``mesh``.
+    eval_step : callable
+        ``make_eval_step(config, mesh)``.
+    val_local, val_global : list of dict
+        ``data.eval_batches`` of the validation set: this process's slices and the
+        whole batches (the same list on one process); ``weight`` 0 marks padding.
+    mesh : jax.sharding.Mesh
+        The data-parallel mesh.
+    key : jax.Array
+        PRNG key of the evaluation's donor masks and sky draws (``fold_in(key, i)`` per batch).
+
+    Returns
+    -------
+    (float, dict, ndarray)
+        Loss (summed over the scored pixels of all batches divided by their count; the
+        paper's units: (100 e-)^2 at scale 100 for inpainting), scores (mask: TPR at
+        0.05 % / 0.5 % FPR; inpaint: ``val_mse``) and the network outputs
+        ``(n_val, crop, crop)`` without padding.
+    """
     total, count, outs = 0.0, 0.0, []
     for i, vb in enumerate(val_local):
         res = eval_step(state, global_batch(vb, mesh, config.batch_size), jax.random.fold_in(key, i))
@@ -247,7 +273,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overw
     ds = data if data is not None else data_lib.load_source(config)
     train_ds, val_ds = data_lib.split_by_group(ds, config.val_fraction, config.seed)
     it = data_lib.EpochIterator(train_ds, config.batch_size, config.crop, config.seed, pi, pc,
-                                bright_fraction=config.bright_crops, core_fraction=config.core_masks)
+                                bright_fraction=config.bright_crops, core_fraction=config.core_masks,
+                                core_size=config.core_size)
     val_local = data_lib.eval_batches(val_ds, config.batch_size, config.crop, pi, pc)
     val_global = val_local if pc == 1 else data_lib.eval_batches(val_ds, config.batch_size, config.crop)
     key = jax.random.key(config.seed)
@@ -299,7 +326,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overw
             prefetch.close()
         _flush(host, pending)
         train_loss = host["loss_sum"] / max(host["loss_count"], 1.0)
-        val_loss, scores, out = _validate(config, state, eval_step, val_local, val_global, mesh, val_key)
+        val_loss, scores, out = validate(config, state, eval_step, val_local, val_global, mesh, val_key)
         lr_used = plateau.lr
         if phase == 2:  # phase 1 holds the initial rate (schedule module docstring)
             plateau = plateau.update(val_loss, epoch, patience=config.patience, rtol=config.rtol,
@@ -327,7 +354,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overw
     if best is None:
         raise ValueError("no epoch completed (epochs_max reached before the first epoch?)")
     best_state, best_host = ckpts.restore(best, state)
-    best_val, scores, out = _validate(config, best_state, eval_step, val_local, val_global, mesh, val_key)
+    best_val, scores, out = validate(config, best_state, eval_step, val_local, val_global, mesh, val_key)
     notes = ""
     threshold = export_lib.DEFAULT_THRESHOLD
     if config.kind == "mask":
