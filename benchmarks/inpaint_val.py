@@ -18,7 +18,7 @@ import jax
 
 from deepcr_jax.training import config as config_lib
 from deepcr_jax.training import data as data_lib
-from deepcr_jax.training.loop import make_mesh, validate
+from deepcr_jax.training.loop import make_mesh, validate, validation_key
 from deepcr_jax.training.state import create_state, replicate
 from deepcr_jax.training.step import make_eval_step
 
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         key = jax.random.key(cfg.seed)
         state = replicate(create_state(cfg, key), mesh)
         loss, _, _ = validate(cfg, state, make_eval_step(cfg, mesh), val, val, mesh,
-                               jax.random.fold_in(key, 2**31 - 1))
+                              validation_key(key))
         print(f"{model}: validation MSE {loss:.4f} (network units, (100 e-)^2 at scale 100)")
     return 0
 

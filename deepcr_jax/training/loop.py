@@ -42,7 +42,7 @@ from deepcr_jax.training.schedule import Plateau, bn_phase, set_learning_rate
 from deepcr_jax.training.state import create_state, replicate
 from deepcr_jax.training.step import make_eval_step, make_train_step
 
-__all__ = ["global_batch", "make_mesh", "train_and_evaluate", "validate"]
+__all__ = ["global_batch", "make_mesh", "train_and_evaluate", "validate", "validation_key"]
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,11 @@ def _read_history(path: str, before_epoch: int, primary: bool) -> list[dict[str,
     return records
 
 
+def validation_key(key: jax.Array) -> jax.Array:
+    """The key of a run's validation draws, from its ``jax.random.key(config.seed)``."""
+    return jax.random.fold_in(key, 2**31 - 1)
+
+
 def validate(config, state, eval_step, val_local, val_global, mesh, key) -> tuple[float, dict, np.ndarray]:
     """The validation loss and scores of ``state`` (eval-mode network) on fixed batches.
 
@@ -152,7 +157,8 @@ def validate(config, state, eval_step, val_local, val_global, mesh, key) -> tupl
     mesh : jax.sharding.Mesh
         The data-parallel mesh.
     key : jax.Array
-        PRNG key of the evaluation's donor masks and sky draws (``fold_in(key, i)`` per batch).
+        PRNG key of the inpainting masks drawn for validation (``fold_in(key, i)`` for
+        batch ``i``; fixed per run, so every epoch scores the same pixels).
 
     Returns
     -------
@@ -278,7 +284,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overw
     val_local = data_lib.eval_batches(val_ds, config.batch_size, config.crop, pi, pc)
     val_global = val_local if pc == 1 else data_lib.eval_batches(val_ds, config.batch_size, config.crop)
     key = jax.random.key(config.seed)
-    val_key = jax.random.fold_in(key, 2**31 - 1)
+    val_key = validation_key(key)
     state = replicate(create_state(config, key), mesh)
     ckpts = Checkpoints(os.path.join(workdir, "checkpoints"))
     host: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0.0,
