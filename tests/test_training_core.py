@@ -38,7 +38,7 @@ def test_config_names_smoke_and_overrides():
      ({"crop": 30}, "crop must be a multiple of 4"), ({"flips": "maybe"}, "flips must be bool"),
      ({"bright_crops": 2.0}, r"bright_crops must be in \[0, 1\]"),
      ({"core_masks": 0.5}, "core_masks > 0 needs kind='inpaint' and bright_crops > 0"),
-     ({"core_size": 0}, "core_size must be >= 1"), ({"core_size": 300}, r"core_size \(300\) must be <= crop")],
+     ({"core_reach": 0}, "core_reach must be >= 1"), ({"core_reach": 200}, r"core_reach \(200\) must be <= crop // 2")],
 )
 def test_config_bad_overrides(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -187,6 +187,46 @@ def test_sky_and_dihedral(key):
     assert len({np.asarray(a[i]).tobytes() for i in range(32)}) > 4
 
 
+def test_gain_augment(key):
+    b, n = 256, 9
+    img = jnp.full((b, n, n), 100.0).at[:, 4, 4].set(10000.0)  # one star core per stamp
+    ign = jnp.zeros((b, n, n)).at[:, 0, 0].set(1.0)
+    sky = jnp.full((b,), 100.0)
+    out, sky_g, ign_g = (np.asarray(a) for a in augment.gain_augment(key, img, sky, ign, 8.0, 40000.0, 3))
+    g = out[:, 0, 1] / 100.0
+    assert g.min() >= 1 - 1e-6 and g.max() <= 8 + 1e-5 and np.median(g) < 4  # log-uniform: median sqrt(8)
+    np.testing.assert_allclose(out, np.asarray(img) * g[:, None, None], rtol=1e-6)
+    np.testing.assert_allclose(sky_g, 100.0 * g, rtol=1e-6)
+    sat = g * 10000.0 >= 40000.0
+    assert 0 < sat.mean() < 1
+    box = np.zeros((n, n), bool)
+    box[3:6, 3:6] = True  # the core grown by the 3x3 box
+    want = np.asarray(ign).astype(bool) | (sat[:, None, None] & box)
+    np.testing.assert_array_equal(ign_g.astype(bool), want)
+    assert ign_g[0, 0, 0] == 1  # the caller's ignore is kept
+    same = augment.gain_augment(key, img, sky, ign, 1.0, 40000.0, 3)
+    assert all(a is b_ for a, b_ in zip(same, (img, sky, ign)))  # off: the inputs themselves
+
+
+def test_gain_off_keeps_the_other_draws(key):
+    """A gain run draws sky, flips and donors exactly as a run without it (its key is folded in)."""
+    cfg = get_config("inpaint_2_32.smoke")
+    batch = _batch(cfg)
+    x0, l0 = network_input(cfg, batch, key, train=True)
+    x1, l1 = network_input(cfg.replace(gain_aug_max=4.0), batch, key, train=True)
+    np.testing.assert_array_equal(np.asarray(l0["inpaint_mask"]), np.asarray(l1["inpaint_mask"]))
+    a0, a1 = np.asarray(x0[..., 0]), np.asarray(x1[..., 0])
+    seen = a0 != 0
+    g = [np.median(a1[i][seen[i]] / a0[i][seen[i]]) for i in range(len(a0))]
+    for i, gi in enumerate(g):  # one gain per stamp, on image and sky alike (same sky alpha drawn)
+        np.testing.assert_allclose(a1[i][seen[i]], gi * a0[i][seen[i]], rtol=1e-5)
+    assert min(g) >= 1 - 1e-6 and max(g) <= 4 + 1e-5 and np.ptp(g) > 0.1
+    with pytest.raises(ValueError, match="gain_aug_max"):
+        cfg.replace(gain_aug_max=0.5)
+    with pytest.raises(ValueError, match="saturation"):
+        cfg.replace(saturation=0.0)
+
+
 # ---------------------------------------------------------------- data
 
 
@@ -263,23 +303,27 @@ def test_core_masks_cover_the_bright_pixel(key):
         img[i, 3 + 3 * i, 28 - 3 * i] = 5000 + i
     ds = data.from_arrays(img, cr, ign)
     assert "core" not in data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0).batch(0, 0)
-    for size in (4, 9):
-        it = data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0, core_fraction=1.0, core_size=size)
-        sizes = set()
-        for e, b in [(e, b) for e in range(6) for b in (0, 1)]:
+    for reach in (2, 5):
+        it = data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0, core_fraction=1.0, core_reach=reach)
+        seen, deep = set(), 0
+        for e, b in [(e, b) for e in range(8) for b in (0, 1)]:
             batch = it.batch(e, b)
             idx, y0, x0 = it.global_indices(e, b)
             for i, y, x, core in zip(idx, y0, x0, batch["core"]):
-                assert core[3 + 3 * i - y, 28 - 3 * i - x] == 1  # the star's peak is hidden
+                py, px = 3 + 3 * i - y, 28 - 3 * i - x
+                assert core[py, px] == 1  # the star's peak is hidden
                 ys, xs = np.nonzero(core)
-                h, w = np.ptp(ys) + 1, np.ptp(xs) + 1
-                assert core.sum() == h * w and h <= size and w <= size  # one block (maybe cut by the crop edge)
-                sizes.add(max(int(h), int(w)))
+                assert core.sum() == (np.ptp(ys) + 1) * (np.ptp(xs) + 1)  # one block
+                d = np.array([py - ys.min(), ys.max() - py, px - xs.min(), xs.max() - px])
+                assert d.max() <= reach
+                cut = np.array([ys.min() == 0, ys.max() == 15, xs.min() == 0, xs.max() == 15])
+                seen.update(int(v) for v in d[~cut])
+                deep += bool(np.all(d >= 2))  # hidden >= 2 px deep on every side
             assert batch["core"].tobytes() == it.batch(e, b)["core"].tobytes()  # deterministic
-        assert max(sizes) > 3 * size // 4 and len(sizes) > size // 2
+        assert seen == set(range(reach + 1)) and (reach < 5 or deep > 0)  # every reach, each side on its own
     it = data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0, core_fraction=1.0)
-    with pytest.raises(ValueError, match="core_size must be in"):
-        data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0, core_fraction=1.0, core_size=17)
+    with pytest.raises(ValueError, match="core_reach must be in"):
+        data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0, core_fraction=1.0, core_reach=9)
     halves = [data.EpochIterator(ds, 4, 16, seed=2, process_index=p, process_count=2, bright_fraction=1.0,
                                  core_fraction=1.0).batch(3, 0)["core"] for p in (0, 1)]
     np.testing.assert_array_equal(np.concatenate(halves), it.batch(3, 0)["core"])

@@ -1,5 +1,10 @@
 """Augmentation inside the jitted step, from a PRNG key (no host randomness).
 
+* exposure gain (opt-in, not in the paper): the whole stamp times
+  ``g ~ logU[1, gain_max]`` (a ``g``-times longer exposure: sources, sky and
+  CR charge alike), pixels at or above the saturation level afterwards joining
+  ``ignore`` grown as the saturation rule grows them, so bright unsaturated
+  source cores, which few stamps hold, are seen more often;
 * sky level (paper eq. 4): ``image + alpha * sky`` with ``alpha ~ U[lo, hi]``
   per stamp (paper: [-0.9, 3]), equivalent to an exposure time
   ``(1 + alpha) t`` with sources dimmed by ``1 + alpha``; the CR charge is unchanged;
@@ -18,7 +23,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["dihedral", "donor_masks", "sky_augment"]
+__all__ = ["dihedral", "donor_masks", "gain_augment", "sky_augment"]
 
 
 def sky_augment(key: jax.Array, image: jax.Array, sky: jax.Array, lo: float, hi: float) -> jax.Array:
@@ -42,6 +47,41 @@ def sky_augment(key: jax.Array, image: jax.Array, sky: jax.Array, lo: float, hi:
         return image
     alpha = jax.random.uniform(key, sky.shape, jnp.float32, lo, hi)
     return image + (alpha * sky)[:, None, None]
+
+
+def gain_augment(key: jax.Array, image: jax.Array, sky: jax.Array, ignore: jax.Array, gain_max: float,
+                 saturation: float, grow: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Multiply each stamp by ``g ~ logU[1, gain_max]``; newly saturated pixels join ``ignore``.
+
+    Parameters
+    ----------
+    key : PRNG key
+    image : array, shape (B, ny, nx)
+        Images in the data's units (e-).
+    sky : array, shape (B,)
+        Sky level per stamp, same units (scaled alike).
+    ignore : array, shape (B, ny, nx), float32 0/1
+        1 = pixel excluded from the loss.
+    gain_max : float
+        Largest gain (>= 1); 1 returns the inputs unchanged.
+    saturation : float
+        Saturation level in the data's units (ACS: 70000 e-): pixels with
+        ``g * image >= saturation`` are ignored, as a real exposure that long
+        would have saturated them.
+    grow : int
+        Side (px, odd) of the box the saturated pixels are grown by (ACS: 7).
+
+    Returns
+    -------
+    image, sky, ignore : arrays of the input shapes
+    """
+    if gain_max == 1:
+        return image, sky, ignore
+    g = jnp.exp(jax.random.uniform(key, sky.shape, jnp.float32, 0.0, jnp.log(gain_max)))
+    image = image * g[:, None, None]
+    sat = (image >= saturation).astype(ignore.dtype)
+    sat = jax.lax.reduce_window(sat, 0.0, jax.lax.max, (1, grow, grow), (1, 1, 1), "SAME")
+    return image, sky * g, jnp.maximum(ignore, sat)
 
 
 def donor_masks(key: jax.Array, cr: jax.Array, max_donors: int) -> jax.Array:

@@ -53,10 +53,12 @@ class TrainConfig:
     decay_factor: float = 0.1  # lr *= decay_factor at each plateau
     sky_aug_min: float = -0.9  # sky augmentation: alpha ~ U[sky_aug_min, sky_aug_max], image += alpha * sky
     sky_aug_max: float = 3.0  # upper end of the alpha range (0, 0 disables sky augmentation)
+    gain_aug_max: float = 1.0  # exposure gain: stamp *= g ~ logU[1, gain_aug_max] before the sky term (1: off, the paper)
+    saturation: float = 70000.0  # with the gain: pixels >= this (data units; ACS e-) after it are ignored, grown 7x7
     flips: bool = True  # random flips and transposes (the 8 square symmetries), per stamp
     bright_crops: float = 0.0  # fraction of training crops placed around the stamp's brightest non-CR pixel (0: all uniform, the paper)
     core_masks: float = 0.0  # inpaint: fraction of bright crops whose inpainting mask also hides the peak (a block; 0: off, the paper)
-    core_size: int = 4  # inpaint: largest side (px) of that block; sides uniform in 1..core_size, the peak anywhere inside
+    core_reach: int = 4  # inpaint: that block reaches 0..core_reach px (uniform, each side alone) from the peak
     donors_max: int = 9  # inpaint: the inpainting mask ORs 1..donors_max CR masks of other stamps
     seed: int = 0  # seeds init, split, epoch order, crops and augmentation (no global seeds)
     data: str = "simulate"  # "simulate", or a path / glob of .npy pairs, .npz datasets or .fits stamps
@@ -75,7 +77,7 @@ class TrainConfig:
         _check_choice("norm", self.norm, ("batch", "weight"))
         _check_choice("kernels", self.kernels, ("auto", "native", "xla"))
         for f in ("hidden", "batch_size", "crop", "epochs_max", "patience", "sim_n", "sim_shape", "donors_max",
-                  "core_size"):
+                  "core_reach"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be >= 1; got {getattr(self, f)}")
         for f in ("bn_epochs", "max_decays", "checkpoint_every_steps", "plot_every"):
@@ -83,8 +85,8 @@ class TrainConfig:
                 raise ValueError(f"{f} must be >= 0; got {getattr(self, f)}")
         if self.crop % 4:
             raise ValueError(f"crop must be a multiple of 4 (deepCR's padding grid); got {self.crop}")
-        if self.core_size > self.crop:
-            raise ValueError(f"core_size ({self.core_size}) must be <= crop ({self.crop})")
+        if self.core_reach > self.crop // 2:
+            raise ValueError(f"core_reach ({self.core_reach}) must be <= crop // 2 ({self.crop // 2})")
         if self.crop > self.sim_shape and self.data == "simulate":
             raise ValueError(f"crop ({self.crop}) must be <= sim_shape ({self.sim_shape})")
         for f in ("scale", "lr"):
@@ -103,6 +105,10 @@ class TrainConfig:
             raise ValueError(f"rtol must be in [0, 1); got {self.rtol}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1); got {self.val_fraction}")
+        if not self.gain_aug_max >= 1:
+            raise ValueError(f"gain_aug_max must be >= 1 (1: no gain augmentation); got {self.gain_aug_max}")
+        if not self.saturation > 0:
+            raise ValueError(f"saturation must be > 0 (data units); got {self.saturation}")
         if not -1 < self.sky_aug_min <= self.sky_aug_max:
             raise ValueError(
                 f"sky_aug_min, sky_aug_max must satisfy -1 < min <= max; got {self.sky_aug_min}, {self.sky_aug_max}"

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from deepcr_jax.hst import SATURATION_GROW
 from deepcr_jax.model import normalize
 from deepcr_jax.training import augment, losses
 from deepcr_jax.training.config import TrainConfig
@@ -51,7 +52,11 @@ def network_input(config: TrainConfig, batch: dict[str, jax.Array], key: jax.Arr
     if key is not None:
         k_sky, k_flip, k_donor = jax.random.split(key, 3)
     if train:
-        image = augment.sky_augment(k_sky, image, batch["sky"], config.sky_aug_min, config.sky_aug_max)
+        sky = batch["sky"]
+        if config.gain_aug_max != 1:  # its own key (fold_in), so runs without it draw as before
+            image, sky, ignore = augment.gain_augment(jax.random.fold_in(key, 3), image, sky, ignore,
+                                                      config.gain_aug_max, config.saturation, SATURATION_GROW)
+        image = augment.sky_augment(k_sky, image, sky, config.sky_aug_min, config.sky_aug_max)
         if config.flips:
             image, cr, ignore, *extra = augment.dihedral(k_flip, image, cr, ignore, *extra)
     x = preprocess(image, config.scale, config.standardize)
