@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("astroscrappy")
@@ -181,3 +182,24 @@ def test_lacosmic_reused_only_from_a_matching_run(quick_run):
         acc.reused_lacosmic(str(out / "accuracy.json"), expect, {})
     with pytest.raises(SystemExit, match="not a readable accuracy.json"):
         acc.reused_lacosmic(str(out / "accuracy.md"), expect, data["test_set"])
+
+
+def _core_peak_module():
+    spec = importlib.util.spec_from_file_location("core_peak", ROOT / "benchmarks" / "core_peak.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_core_peak_finds_the_brightest_hidden_pixel(capsys):
+    mod = _core_peak_module()
+    image = np.zeros((3, 8, 8), np.float32)
+    image[1, 2, 5], image[2, 6, 1], image[0, 0, 0] = 500.0, 900.0, 5000.0
+    hidden = np.zeros(image.shape, bool)
+    hidden[1, 2, 5] = hidden[2, 6, 1] = True  # stamp 0's bright pixel is not hidden
+    assert mod.brightest_masked_core(image, hidden) == (2, 6, 1)
+    mod.main(["ACS-WFC-F606W-2-32", "--n", "2", "--seed", "3", "--peaks", "20000", "40000"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("globular stamp #") and len(lines) == 3
+    ratios = [float(v) for v in lines[2].split("|")[2].split(",")]
+    assert len(ratios) == 2 and all(0 < r < 2 for r in ratios)  # a sane fraction of the hidden peak
