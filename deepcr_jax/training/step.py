@@ -52,10 +52,9 @@ def network_input(config: TrainConfig, batch: dict[str, jax.Array], key: jax.Arr
     if key is not None:
         k_sky, k_flip, k_donor = jax.random.split(key, 3)
     if train:
-        sky = batch["sky"]
-        if config.gain_aug_max != 1:  # its own key (fold_in), so runs without it draw as before
-            image, sky, ignore = augment.gain_augment(jax.random.fold_in(key, 3), image, sky, ignore,
-                                                      config.gain_aug_max, config.saturation, SATURATION_GROW)
+        # the gain's own key (fold_in) leaves the other draws as in runs without it; gain 1 is a no-op
+        image, sky, ignore = augment.gain_augment(jax.random.fold_in(key, 3), image, batch["sky"], ignore,
+                                                  config.gain_aug_max, config.saturation, SATURATION_GROW)
         image = augment.sky_augment(k_sky, image, sky, config.sky_aug_min, config.sky_aug_max)
         if config.flips:
             image, cr, ignore, *extra = augment.dihedral(k_flip, image, cr, ignore, *extra)
