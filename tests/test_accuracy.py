@@ -203,3 +203,27 @@ def test_core_peak_finds_the_brightest_hidden_pixel(capsys):
     assert lines[0].startswith("globular stamp #") and len(lines) == 3
     ratios = [float(v) for v in lines[2].split("|")[2].split(",")]
     assert len(ratios) == 2 and all(0 < r < 2 for r in ratios)  # a sane fraction of the hidden peak
+
+
+def test_forced_cores_move_the_largest_cr_onto_the_peak(capsys):
+    spec = importlib.util.spec_from_file_location("forced_cores", ROOT / "benchmarks" / "forced_cores.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    image = np.zeros((2, 12, 12), np.float32)
+    image[0, 6, 6], image[0, 1, 1], image[1, 0, 11] = 800.0, 900.0, 700.0
+    valid = np.ones(image.shape, bool)
+    valid[0, 1, 1] = False  # a CR: not the peak
+    donor = np.zeros(image.shape, bool)
+    donor[0, 9:11, 2:5] = True  # the largest CR (6 px) ...
+    donor[0, 2, 9] = True  # ... and a smaller one
+    masks, peaks = mod.forced_core_masks(image, valid, donor, seed=0)
+    assert peaks.tolist() == [[6, 6], [0, 11]]
+    assert masks[0, 6, 6] and masks[0].sum() == 6  # the 2x3 blob, moved whole onto the peak
+    ys, xs = np.nonzero(masks[0])
+    assert np.ptp(ys) == 1 and np.ptp(xs) == 2
+    assert masks[1].sum() == 1 and masks[1, 0, 11]  # no CR in the donor: the peak alone
+    mod.main(["ACS-WFC-F606W-2-32", "--n", "2", "--seed", "3", "--fields", "globular", "resolved"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[1] == "model | globular | resolved" and lines[2].startswith("ACS-WFC-F606W-2-32 | ")
+    mse = float(lines[2].split("|")[1].split()[0])
+    assert 0 < mse < 1e4

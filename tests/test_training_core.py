@@ -381,6 +381,64 @@ def test_bright_crops_hold_the_brightest_unmasked_pixel():
         data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.5)
 
 
+
+def test_bright_peaks_spread_crops_over_the_brightest_maxima():
+    img, cr = _arrays(8, (32, 32))
+    ign = np.zeros_like(cr)
+    stars = [(6, 6, 9000), (24, 22, 7000), (8, 25, 5000)]  # the third is the third-brightest maximum
+    for y, x, v in stars:
+        img[:, y, x] = v
+        cr[:, y, x] = False
+    img[:, 6, 7] = 8500  # beside the first: brighter than the others, but no local maximum
+    img[:, 1, 1], cr[:, 1, 1] = 9900, True  # a CR: never a peak
+    ds = data.from_arrays(img, cr, ign)
+    one = data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0, core_fraction=1.0)
+    same = data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0, core_fraction=1.0, bright_peaks=1)
+    three = data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0, core_fraction=1.0, bright_peaks=3)
+    hits = {v: 0 for *_, v in stars}
+    for e, b in [(e, b) for e in range(10) for b in (0, 1)]:
+        assert same.batch(e, b)["core"].tobytes() == one.batch(e, b)["core"].tobytes()  # 1 = the default
+        batch = three.batch(e, b)
+        _, y0, x0 = three.global_indices(e, b)
+        for core, y, x in zip(batch["core"], y0, x0):
+            on = [v for sy, sx, v in stars if 0 <= sy - y < 16 and 0 <= sx - x < 16 and core[sy - y, sx - x]]
+            assert len(on) >= 1  # the block hides one of the three stars
+            hits[on[0]] += 1
+        assert batch["core"].tobytes() == three.batch(e, b)["core"].tobytes()  # deterministic
+    assert min(hits.values()) > 10, hits  # all three, about a third each of 80 crops
+    with pytest.raises(ValueError, match="bright_peaks must be >= 1"):
+        data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0, bright_peaks=0)
+    with pytest.raises(ValueError, match="bright_peaks must be >= 1"):
+        get_config("inpaint_2_32.smoke", bright_peaks=0)
+
+
+def test_cr_shaped_cores_are_other_stamps_crs_on_the_peak():
+    img, cr = _arrays(8, (32, 32))
+    cr &= np.random.default_rng(1).random(cr.shape) < 0.3  # sparser CRs
+    for i in range(8):
+        img[i, 3 + 3 * i, 28 - 3 * i] = 5000 + i
+        cr[i, 3 + 3 * i, 28 - 3 * i] = False
+    ds = data.from_arrays(img, cr, np.zeros_like(cr))
+    it = data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0, core_fraction=1.0, core_shape="cr")
+    pad = np.pad(cr, ((0, 0), (16, 16), (16, 16)))
+    for e, b in [(0, 0), (1, 1), (4, 0)]:
+        batch = it.batch(e, b)
+        idx, y0, x0 = it.global_indices(e, b)
+        for i, y, x, core in zip(idx, y0, x0, batch["core"]):
+            py, px = 3 + 3 * i - y, 28 - 3 * i - x
+            assert core[py, px] == 1  # the peak is hidden
+            # the mask is another stamp's whole CR mask, shifted so one of its CR pixels is the peak
+            found = any(np.array_equal(core > 0, pad[j, 16 + sy - py:32 + sy - py, 16 + sx - px:32 + sx - px])
+                        for j in range(8) if j != i for sy, sx in zip(*np.nonzero(cr[j])))
+            assert found
+        assert batch["core"].tobytes() == it.batch(e, b)["core"].tobytes()
+    block = data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0, core_fraction=1.0).batch(0, 0)["core"]
+    assert not np.array_equal(block, it.batch(0, 0)["core"])
+    with pytest.raises(ValueError, match="core_shape must be 'block' or 'cr'"):
+        data.EpochIterator(ds, 4, 16, seed=2, bright_fraction=1.0, core_fraction=1.0, core_shape="disc")
+    with pytest.raises(ValueError, match="core_shape must be one of"):
+        get_config("inpaint_2_32.smoke", core_shape="disc")
+
 def test_bn_phase_switch(key):
     cfg = get_config("mask_2_4.smoke")
     state = create_state(cfg, key)

@@ -59,6 +59,8 @@ class TrainConfig:
     bright_crops: float = 0.0  # fraction of training crops placed around the stamp's brightest non-CR pixel (0: all uniform, the paper)
     core_masks: float = 0.0  # inpaint: fraction of bright crops whose inpainting mask also hides the peak (a block; 0: off, the paper)
     core_reach: int = 4  # inpaint: that block reaches 0..core_reach px (uniform, each side alone) from the peak
+    core_shape: str = "block"  # inpaint: core masks as "block" (core_reach rectangles) or "cr" (another stamp's CRs moved onto the peak)
+    bright_peaks: int = 1  # a bright crop centres on one of the stamp's N brightest local maxima, drawn uniformly (1: its brightest pixel)
     donors_max: int = 9  # inpaint: the inpainting mask ORs 1..donors_max CR masks of other stamps
     seed: int = 0  # seeds init, split, epoch order, crops and augmentation (no global seeds)
     data: str = "simulate"  # "simulate", or a path / glob of .npy pairs, .npz datasets or .fits stamps
@@ -76,8 +78,9 @@ class TrainConfig:
         _check_choice("depth", self.depth, (2, 3))
         _check_choice("norm", self.norm, ("batch", "weight"))
         _check_choice("kernels", self.kernels, ("auto", "native", "xla"))
+        _check_choice("core_shape", self.core_shape, ("block", "cr"))
         for f in ("hidden", "batch_size", "crop", "epochs_max", "patience", "sim_n", "sim_shape", "donors_max",
-                  "core_reach"):
+                  "core_reach", "bright_peaks"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be >= 1; got {getattr(self, f)}")
         for f in ("bn_epochs", "max_decays", "checkpoint_every_steps", "plot_every"):

@@ -17,7 +17,9 @@ permutes the training stamps with a generator seeded by ``(seed, e)``; the
 random crop of batch ``b`` comes from ``(seed, e, b)`` (and, with
 ``bright_fraction > 0``, the choice of crops placed around each stamp's
 brightest pixel from ``(seed, 5, e, b)``; with ``core_fraction > 0``, the
-blocks that hide those pixels from ``(seed, 6, e, b)``). Its position
+blocks that hide those pixels from ``(seed, 6, e, b)``; with ``bright_peaks > 1``,
+which of the stamp's brightest peaks a placed crop centres on from
+``(seed, 7, e, b)``). Its position
 ``(epoch, batch)`` is all a checkpoint needs to resume exactly. Each process
 gets its own contiguous slice of every global batch.
 """
@@ -319,12 +321,33 @@ class EpochIterator:
         CR covers a star (a block with sides uniform in ``1..N`` and the peak
         anywhere inside hides the core >= 2 px deep on every side in only 5 %
         of draws at N = 9; this way, ``((N - 1) / (N + 1))**4``: 13 % at N = 4).
+    bright_peaks : int
+        A bright-placed crop centres on one of its stamp's ``bright_peaks``
+        brightest local maxima (pixels >= their 8 neighbours, neither CR
+        nor ignored), chosen uniformly; its core block hides that peak.
+        1 (default): the brightest pixel. More peaks show the network more
+        distinct source cores from the same stamps (a stamp with fewer
+        local maxima repeats its brightest).
+    core_shape : {"block", "cr"}
+        ``"block"`` (default): the rectangles of ``core_reach``. ``"cr"``:
+        the whole CR mask of another stamp (drawn uniformly), shifted so
+        that one of its CR pixels (drawn uniformly, so large CRs more often)
+        lies on the peak: the shapes of the borrowed masks that hide cores
+        at evaluation (drawn from ``(seed, 8, e, b)``; a donor without CRs
+        hides the peak pixel alone).
     """
 
     def __init__(self, ds: Dataset, batch_size: int, crop: int, seed: int,
                  process_index: int = 0, process_count: int = 1, bright_fraction: float = 0.0,
-                 core_fraction: float = 0.0, core_reach: int = 4):
+                 core_fraction: float = 0.0, core_reach: int = 4, bright_peaks: int = 1,
+                 core_shape: str = "block"):
         _check_sizes(ds, batch_size, crop, "training")
+        if core_shape not in ("block", "cr"):
+            raise ValueError(f"core_shape must be 'block' or 'cr'; got {core_shape!r}")
+        if core_shape == "cr" and core_fraction > 0 and len(ds) < 2:
+            raise ValueError("core_shape='cr' needs at least 2 training stamps (it borrows another stamp's CRs)")
+        if bright_peaks < 1:
+            raise ValueError(f"bright_peaks must be >= 1; got {bright_peaks}")
         if not 1 <= core_reach <= crop // 2:
             raise ValueError(f"core_reach must be in [1, crop // 2 = {crop // 2}]; got {core_reach}")
         for name, v in (("bright_fraction", bright_fraction), ("core_fraction", core_fraction)):
@@ -337,14 +360,15 @@ class EpochIterator:
         self.core_reach = int(core_reach)
         self.local = _local_slice(batch_size, process_index, process_count)
         self.steps_per_epoch = len(ds) // batch_size
-        self._peaks = _brightest_pixels(ds) if bright_fraction > 0 else None
+        self.bright_peaks, self.core_shape = int(bright_peaks), core_shape
+        self._peaks = _brightest_peaks(ds, self.bright_peaks) if bright_fraction > 0 else None
 
     def global_indices(self, epoch: int, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Stamp indices and crop origins (y0, x0) of global batch ``batch`` of ``epoch``."""
         return self._placement(epoch, batch)[:3]
 
-    def _placement(self, epoch: int, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``global_indices`` plus the (B,) bool of crops placed around their stamp's peak."""
+    def _placement(self, epoch: int, batch: int) -> tuple[np.ndarray, ...]:
+        """``global_indices``, the (B,) bool of crops placed around a peak of their stamp, its (B, 2) (y, x)."""
         perm = np.random.default_rng([self.seed, 2, epoch]).permutation(len(self.ds))
         idx = perm[batch * self.batch_size:(batch + 1) * self.batch_size]
         ny, nx = self.ds.image.shape[1:]
@@ -352,14 +376,20 @@ class EpochIterator:
         y0 = rng.integers(0, ny - self.crop + 1, self.batch_size)
         x0 = rng.integers(0, nx - self.crop + 1, self.batch_size)
         bright = np.zeros(self.batch_size, bool)
+        peak = np.zeros((self.batch_size, 2), np.int64)
         if self._peaks is not None:
             brng = np.random.default_rng([self.seed, 5, epoch, batch])
             bright = brng.random(self.batch_size) < self.bright_fraction
+            which = np.zeros(self.batch_size, np.int64)
+            if self.bright_peaks > 1:
+                which = np.random.default_rng([self.seed, 7, epoch, batch]).integers(0, self.bright_peaks,
+                                                                                     self.batch_size)
+            peak = self._peaks[idx, which]
             quarter = self.crop // 4
             for axis, (origin, size) in enumerate(((y0, ny), (x0, nx))):
-                centred = self._peaks[idx, axis] - quarter - brng.integers(0, 2 * quarter + 1, self.batch_size)
+                centred = peak[:, axis] - quarter - brng.integers(0, 2 * quarter + 1, self.batch_size)
                 origin[bright] = np.clip(centred, 0, size - self.crop)[bright]
-        return idx, y0, x0, bright
+        return idx, y0, x0, bright, peak
 
     def batch(self, epoch: int, batch: int) -> dict[str, np.ndarray]:
         """This process's part of global batch ``batch`` of ``epoch`` (dict of numpy arrays)."""
@@ -371,16 +401,37 @@ class EpochIterator:
         return out
 
     def _core_masks(self, epoch: int, batch: int, idx: np.ndarray, y0: np.ndarray, x0: np.ndarray,
-                    bright: np.ndarray) -> np.ndarray:
+                    bright: np.ndarray, peak: np.ndarray) -> np.ndarray:
         """(B, crop, crop) float32 blocks over the peaks of a ``core_fraction`` of the bright crops."""
         rng = np.random.default_rng([self.seed, 6, epoch, batch])
         b = self.batch_size
         use = bright & (rng.random(b) < self.core_fraction)
         up, down, left, right = rng.integers(0, self.core_reach + 1, (4, b))  # the peak's distance to each edge
         out = np.zeros((b, self.crop, self.crop), np.float32)
+        if self.core_shape == "cr":
+            return self._cr_cores(np.random.default_rng([self.seed, 8, epoch, batch]), out, use, idx, y0, x0, peak)
         for i in np.flatnonzero(use):
-            py, px = self._peaks[idx[i], 0] - y0[i], self._peaks[idx[i], 1] - x0[i]
+            py, px = peak[i, 0] - y0[i], peak[i, 1] - x0[i]
             out[i, max(py - up[i], 0):py + down[i] + 1, max(px - left[i], 0):px + right[i] + 1] = 1.0
+        return out
+
+    def _cr_cores(self, rng: np.random.Generator, out: np.ndarray, use: np.ndarray, idx: np.ndarray,
+                  y0: np.ndarray, x0: np.ndarray, peak: np.ndarray) -> np.ndarray:
+        """``core_shape="cr"``: other stamps' CR masks, shifted so a CR pixel covers each used crop's peak."""
+        n, c = len(self.ds), self.crop
+        donors = rng.integers(0, n - 1, len(out))
+        donors += donors >= idx  # another stamp
+        picks = rng.random(len(out))
+        for i in np.flatnonzero(use):
+            ys, xs = np.nonzero(self.ds.cr[donors[i]])
+            if not len(ys):
+                out[i, peak[i, 0] - y0[i], peak[i, 1] - x0[i]] = 1.0
+                continue
+            j = int(picks[i] * len(ys))
+            # crop pixel (r, q) <- donor pixel (r + y0 - dy, q + x0 - dx), with (dy, dx) the donor-to-peak shift
+            oy, ox = y0[i] - (peak[i, 0] - ys[j]), x0[i] - (peak[i, 1] - xs[j])
+            padded = np.pad(self.ds.cr[donors[i]], c)
+            out[i] = padded[oy + c:oy + 2 * c, ox + c:ox + 2 * c]
         return out
 
     def iterate(self, epoch: int, start: int = 0) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
@@ -389,10 +440,30 @@ class EpochIterator:
             yield b, self.batch(epoch, b)
 
 
-def _brightest_pixels(ds: Dataset) -> np.ndarray:
-    """(n, 2) int: (y, x) of each stamp's brightest pixel that is neither a CR nor ignored."""
-    flat = np.where(ds.cr | ds.ignore, -np.inf, ds.image).reshape(len(ds), -1)
-    return np.stack(np.unravel_index(np.argmax(flat, axis=1), ds.image.shape[1:]), axis=1)
+def _brightest_peaks(ds: Dataset, k: int) -> np.ndarray:
+    """(n, k, 2) int: (y, x) of each stamp's ``k`` brightest pixels that are neither CR nor ignored.
+
+    With ``k == 1`` the brightest such pixel; with more, the brightest local
+    maxima (>= each of the 8 neighbours; outside the stamp counts as lower),
+    brightest first, the list filled up with the first where a stamp has fewer.
+    """
+    valid = np.where(ds.cr | ds.ignore, -np.inf, ds.image).astype(np.float32)
+    n, ny, nx = valid.shape
+    if k == 1:
+        first = np.argmax(valid.reshape(n, -1), axis=1)
+        return np.stack(np.unravel_index(first, (ny, nx)), axis=-1)[:, None]
+    pad = np.pad(valid, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    neighbours = np.full_like(valid, -np.inf)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                np.maximum(neighbours, pad[:, 1 + dy:1 + dy + ny, 1 + dx:1 + dx + nx], out=neighbours)
+    flat = np.where(valid >= neighbours, valid, -np.inf).reshape(n, -1)
+    top = np.argpartition(-flat, k - 1, axis=1)[:, :k]
+    order = np.take_along_axis(top, np.argsort(-np.take_along_axis(flat, top, axis=1), axis=1, kind="stable"), axis=1)
+    found = np.take_along_axis(flat, order, axis=1) > -np.inf
+    order = np.where(found | ~found.any(axis=1, keepdims=True), order, order[:, :1])
+    return np.stack(np.unravel_index(order, (ny, nx)), axis=-1)
 
 
 def eval_batches(ds: Dataset, batch_size: int, crop: int, process_index: int = 0,

@@ -280,7 +280,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overw
     train_ds, val_ds = data_lib.split_by_group(ds, config.val_fraction, config.seed)
     it = data_lib.EpochIterator(train_ds, config.batch_size, config.crop, config.seed, pi, pc,
                                 bright_fraction=config.bright_crops, core_fraction=config.core_masks,
-                                core_reach=config.core_reach)
+                                core_reach=config.core_reach, bright_peaks=config.bright_peaks,
+                                core_shape=config.core_shape)
     val_local = data_lib.eval_batches(val_ds, config.batch_size, config.crop, pi, pc)
     val_global = val_local if pc == 1 else data_lib.eval_batches(val_ds, config.batch_size, config.crop)
     key = jax.random.key(config.seed)
