@@ -406,22 +406,23 @@ class EpochIterator:
         rng = np.random.default_rng([self.seed, 6, epoch, batch])
         b = self.batch_size
         use = bright & (rng.random(b) < self.core_fraction)
+        if self.core_shape == "cr":
+            return self._cr_cores(np.random.default_rng([self.seed, 8, epoch, batch]), use, idx, y0, x0, peak)
         up, down, left, right = rng.integers(0, self.core_reach + 1, (4, b))  # the peak's distance to each edge
         out = np.zeros((b, self.crop, self.crop), np.float32)
-        if self.core_shape == "cr":
-            return self._cr_cores(np.random.default_rng([self.seed, 8, epoch, batch]), out, use, idx, y0, x0, peak)
         for i in np.flatnonzero(use):
             py, px = peak[i, 0] - y0[i], peak[i, 1] - x0[i]
             out[i, max(py - up[i], 0):py + down[i] + 1, max(px - left[i], 0):px + right[i] + 1] = 1.0
         return out
 
-    def _cr_cores(self, rng: np.random.Generator, out: np.ndarray, use: np.ndarray, idx: np.ndarray,
+    def _cr_cores(self, rng: np.random.Generator, use: np.ndarray, idx: np.ndarray,
                   y0: np.ndarray, x0: np.ndarray, peak: np.ndarray) -> np.ndarray:
         """``core_shape="cr"``: other stamps' CR masks, shifted so a CR pixel covers each used crop's peak."""
-        n, c = len(self.ds), self.crop
-        donors = rng.integers(0, n - 1, len(out))
+        b, c = len(use), self.crop
+        out = np.zeros((b, c, c), np.float32)
+        donors = rng.integers(0, len(self.ds) - 1, b)
         donors += donors >= idx  # another stamp
-        picks = rng.random(len(out))
+        picks = rng.random(b)
         for i in np.flatnonzero(use):
             ys, xs = np.nonzero(self.ds.cr[donors[i]])
             if not len(ys):
@@ -447,7 +448,7 @@ def _brightest_peaks(ds: Dataset, k: int) -> np.ndarray:
     maxima (>= each of the 8 neighbours; outside the stamp counts as lower),
     brightest first, the list filled up with the first where a stamp has fewer.
     """
-    valid = np.where(ds.cr | ds.ignore, -np.inf, ds.image).astype(np.float32)
+    valid = np.where(ds.cr | ds.ignore, -np.inf, ds.image)
     n, ny, nx = valid.shape
     if k == 1:
         first = np.argmax(valid.reshape(n, -1), axis=1)
