@@ -94,14 +94,14 @@ def main(argv: list[str] | None = None) -> None:
             masks, peaks = forced_core_masks(image, valid, borrowed[f][0], a.seed)
             pred = np.asarray(cleaner.inpaint(image, masks), np.float64)
             scored = masks & valid
-            sq = np.where(scored, (pred - image) ** 2, 0.0).reshape(len(image), -1).sum(axis=1)
+            sq, npx = ev.stamp_sse(pred, image, scored)
             rows = np.arange(len(image))
             sky = np.median(image.reshape(len(image), -1), axis=1)
             above = image[rows, peaks[:, 0], peaks[:, 1]] - sky
             frac = (pred[rows, peaks[:, 0], peaks[:, 1]] - sky) / np.maximum(above, 1.0)
             bright = above > BRIGHT_E
             med = f"{np.median(frac[bright]):.2f} (n={int(bright.sum())})" if bright.any() else "-"
-            cells.append(f"{sq.sum() / scored.sum() / ev.PAPER_MSE_UNIT_E2:.1f} "
+            cells.append(f"{sq.sum() / npx.sum() / ev.PAPER_MSE_UNIT_E2:.1f} "
                          f"({sq.max() / sq.sum():.0%}); {med}")
         print(f"{m} | " + " | ".join(cells), flush=True)
 

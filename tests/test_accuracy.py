@@ -227,3 +227,19 @@ def test_forced_cores_move_the_largest_cr_onto_the_peak(capsys):
     assert lines[1] == "model | globular | resolved" and lines[2].startswith("ACS-WFC-F606W-2-32 | ")
     mse = float(lines[2].split("|")[1].split()[0])
     assert 0 < mse < 1e4
+
+
+def test_compare_inpaint_a_model_against_itself_and_another(capsys):
+    spec = importlib.util.spec_from_file_location("compare_inpaint", ROOT / "benchmarks" / "compare_inpaint.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["ACS-WFC-F606W-2-32", "ACS-WFC-F606W-2-32", "--n", "3", "--seed", "3", "--fields", "globular",
+              "--n-boot", "50"])
+    row = capsys.readouterr().out.strip().splitlines()[-1].split(" | ")
+    assert row[0] == "globular" and row[1] == row[2] and row[3].startswith("1.00 [1.00, 1.00]")
+    assert row[4] == "0.00" and row[5] == "0%"  # identical errors: never worse, never better
+    mod.main(["ACS-WFC-F606W-2-32", "ACS-WFC-F606W-3-32", "--n", "3", "--seed", "3", "--fields", "extragalactic",
+              "--n-boot", "50"])
+    row = capsys.readouterr().out.strip().splitlines()[-1].split(" | ")
+    ratio, lo, hi = (float(v) for v in row[3].replace("[", "").replace("]", "").replace(",", "").split())
+    assert row[0] == "extragalactic" and lo <= ratio <= hi and ratio > 0 and row[1] != row[2]

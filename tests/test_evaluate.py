@@ -201,6 +201,56 @@ def test_mse_summary_by_hand():
     assert r["median_sq_err_e2"] == 4.0
 
 
+def test_stamp_sse_by_hand():
+    truth = np.zeros((2, 2, 2))
+    pred = np.array([[[1.0, 2.0], [3.0, 4.0]], [[5.0, 0.0], [0.0, 0.0]]])
+    scored = np.array([[[1, 1], [0, 0]], [[1, 0], [0, 1]]], bool)
+    sse, npx = ev.stamp_sse(pred, truth, scored)
+    np.testing.assert_array_equal(sse, [5.0, 25.0])
+    np.testing.assert_array_equal(npx, [2, 2])
+    with pytest.raises(ValueError, match="shape"):
+        ev.stamp_sse(pred[0], truth[0], scored[0])
+    with pytest.raises(ValueError):
+        ev.stamp_sse(pred, truth[:1], scored)
+
+
+def test_paired_mse_ratio_by_hand_and_its_interval():
+    npx = np.array([10, 10, 10, 0])
+    r = ev.paired_mse_ratio([1.0, 2.0, 3.0, 0.0], [2.0, 2.0, 6.0, 0.0], npx, n_boot=400)
+    assert r["ratio"] == pytest.approx(6 / 10) and r["n_images"] == 3
+    assert r["mse_a_e2"] == pytest.approx(6 / 30) and r["mse_b_e2"] == pytest.approx(10 / 30)
+    assert r["a_better_images"] == pytest.approx(2 / 3)
+    assert r["top_image"] == 2 and r["top_share"] == pytest.approx(3 / 4)
+    assert r["ratio_without_top"] == pytest.approx(3 / 4)
+    assert r["ratio_lo"] <= r["ratio"] <= r["ratio_hi"] <= 1.0 and r["p_a_worse"] == 0.0
+    # A better on every stamp but one, which decides the pooled ratio: the interval spans 1
+    a = np.r_[np.full(99, 1.0), 500.0]
+    b = np.r_[np.full(99, 2.0), 100.0]
+    r = ev.paired_mse_ratio(a, b, np.full(100, 5), n_boot=1000, seed=1)
+    assert r["ratio"] > 1 and r["a_better_images"] == pytest.approx(0.99)
+    assert r["top_image"] == 99 and r["ratio_without_top"] == pytest.approx(0.5)
+    assert r["ratio_lo"] < 1 < r["ratio_hi"] and 0.3 < r["p_a_worse"] < 0.9
+    again = ev.paired_mse_ratio(a, b, np.full(100, 5), n_boot=1000, seed=1)
+    assert again == r
+
+
+@pytest.mark.parametrize(
+    ("sse_a", "sse_b", "npx", "kw", "match"),
+    [
+        ([1.0, 2.0], [1.0], [1, 1], {}, "one length"),
+        ([1.0, -2.0], [1.0, 1.0], [1, 1], {}, ">= 0"),
+        ([1.0, np.nan], [1.0, 1.0], [1, 1], {}, "finite"),
+        ([1.0, 2.0], [1.0, 1.0], [1.5, 1.0], {}, "integer"),
+        ([1.0, 2.0], [1.0, 1.0], [0, 0], {}, "no image"),
+        ([1.0, 2.0], [1.0, 1.0], [1, 1], {"n_boot": 0}, "n_boot"),
+        ([1.0, 2.0], [1.0, 1.0], [1, 1], {"level": 1.0}, "level"),
+    ],
+)
+def test_paired_mse_ratio_rejects_bad_input(sse_a, sse_b, npx, kw, match):
+    with pytest.raises(ValueError, match=match):
+        ev.paired_mse_ratio(sse_a, sse_b, np.asarray(npx), **kw)
+
+
 def test_end_to_end_mse_by_hand():
     """CR-free image 0; CRs at (0,0) (0,1) (1,1); the pipeline replaced (0,0) (1,0) (1,1)."""
     clean = np.zeros((1, 3, 3))

@@ -8,7 +8,8 @@ Modules
     batches, bootstrap standard errors.
 ``inpainting``
     Donor inpainting masks (another image's CR mask), masked MSE and its
-    summaries, end-to-end error of a cleaned image against the CR-free one.
+    summaries, a paired bootstrap of two inpainters' MSE ratio, end-to-end
+    error of a cleaned image against the CR-free one.
 ``baselines``
     LACosmic (astroscrappy) with the paper's settings and biharmonic
     inpainting (scikit-image); both optional (the ``bench`` extra).
@@ -47,6 +48,8 @@ from deepcr_jax.evaluate.inpainting import (
     end_to_end_mse,
     inpaint_mse,
     mse_summary,
+    paired_mse_ratio,
+    stamp_sse,
 )
 from deepcr_jax.evaluate.testset import FIELDS, STAMP_SHAPE, describe_batch, field_seed, head, make_test_set
 
@@ -73,9 +76,11 @@ __all__ = [
     "lacosmic_masks",
     "make_test_set",
     "mse_summary",
+    "paired_mse_ratio",
     "pooled_rates",
     "roc",
     "roc_counts",
+    "stamp_sse",
     "summarize_counts",
     "summarize_roc",
     "tpr_at_fpr",
