@@ -236,10 +236,15 @@ def test_compare_inpaint_a_model_against_itself_and_another(capsys):
     mod.main(["ACS-WFC-F606W-2-32", "ACS-WFC-F606W-2-32", "--n", "3", "--seed", "3", "--fields", "globular",
               "--n-boot", "50"])
     row = capsys.readouterr().out.strip().splitlines()[-1].split(" | ")
-    assert row[0] == "globular" and row[1] == row[2] and row[3].startswith("1.00 [1.00, 1.00]")
-    assert row[4] == "0.00" and row[5] == "0%"  # identical errors: never worse, never better
-    mod.main(["ACS-WFC-F606W-2-32", "ACS-WFC-F606W-3-32", "--n", "3", "--seed", "3", "--fields", "extragalactic",
-              "--n-boot", "50"])
-    row = capsys.readouterr().out.strip().splitlines()[-1].split(" | ")
-    ratio, lo, hi = (float(v) for v in row[3].replace("[", "").replace("]", "").replace(",", "").split())
-    assert row[0] == "extragalactic" and lo <= ratio <= hi and ratio > 0 and row[1] != row[2]
+    assert row[:2] == ["3", "globular"] and row[2] == row[3] and row[4].startswith("1.00 [1.00, 1.00]")
+    assert row[5] == "0.00" and row[6] == "0%"  # identical errors: never worse, never better
+    mod.main(["ACS-WFC-F606W-2-32", "ACS-WFC-F606W-3-32", "--n", "2", "--seed", "3", "4", "--fields",
+              "extragalactic", "--n-boot", "50"])
+    rows = [r.split(" | ") for r in capsys.readouterr().out.strip().splitlines()[-3:]]
+    assert [r[0] for r in rows] == ["3", "4", "pooled"] and all(r[1] == "extragalactic" for r in rows)
+    for r in rows:
+        ratio, lo, hi = (float(v) for v in r[4].replace("[", "").replace("]", "").replace(",", "").split())
+        assert lo <= ratio <= hi and ratio > 0 and r[2] != r[3]
+    # the pooled MSE weighs each seed's stamps by their scored pixels: it lies between the two seeds'
+    mse = [float(r[2]) for r in rows]
+    assert min(mse[:2]) <= mse[2] <= max(mse[:2])
