@@ -1,10 +1,10 @@
-"""Argument checks shared by the evaluation modules (private)."""
+"""Argument checks and the bootstrap draw shared by the evaluation modules (private)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_bool", "check_same", "valid_pixels"]
+__all__ = ["as_bool", "check_same", "resample_weights", "valid_pixels"]
 
 
 def as_bool(name: str, a) -> np.ndarray:
@@ -30,3 +30,8 @@ def valid_pixels(truth: np.ndarray, ignore) -> np.ndarray | None:
     ign = as_bool("ignore", ignore)
     check_same("ignore", ign, truth, "truth")
     return ~ign
+
+
+def resample_weights(rng: np.random.Generator, n: int) -> np.ndarray:
+    """One bootstrap resample of ``n`` images as counts: how often each image was drawn, shape (n,)."""
+    return np.bincount(rng.integers(0, n, n), minlength=n)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import maximum_filter
 
-from ._arrays import as_bool, check_same, valid_pixels
+from ._arrays import as_bool, check_same, resample_weights, valid_pixels
 
 __all__ = [
     "N_BOOT",
@@ -346,7 +346,7 @@ def summarize_counts(
     rng = np.random.default_rng([seed, 3])
     boots = {str(t): ([], []) for t in fprs}
     for _ in range(n_boot):
-        bf, bt, btd = pooled_rates(counts, np.bincount(rng.integers(0, n, n), minlength=n))
+        bf, bt, btd = pooled_rates(counts, resample_weights(rng, n))
         for t in fprs:
             boots[str(t)][0].append(tpr_at_fpr(bf, bt, t))
             boots[str(t)][1].append(tpr_at_fpr(bf, btd, t))

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._arrays import as_bool, check_same
+from ._arrays import as_bool, check_same, resample_weights
 from .detection import N_BOOT
 
 __all__ = [
@@ -94,14 +94,15 @@ def stamp_sse(pred, truth, eval_mask) -> tuple[np.ndarray, np.ndarray]:
         Scored pixels per image.
     """
     eval_mask = as_bool("eval_mask", eval_mask)
-    pred = np.asarray(pred, dtype=np.float64)
-    truth = np.asarray(truth, dtype=np.float64)
+    pred, truth = np.asarray(pred), np.asarray(truth)
     check_same("pred", pred, eval_mask, "eval_mask")
     check_same("truth", truth, eval_mask, "eval_mask")
     if eval_mask.ndim != 3:
         raise ValueError(f"stamp_sse needs stacks of shape (n, ny, nx); got {eval_mask.shape}")
-    sq = np.where(eval_mask, (pred - truth) ** 2, 0.0)
-    return sq.reshape(len(sq), -1).sum(axis=1), eval_mask.reshape(len(sq), -1).sum(axis=1)
+    # image by image, in float64 at the scored pixels only: no full-stack temporaries
+    sse = np.array([np.sum((p[m].astype(np.float64) - t[m]) ** 2) for p, t, m in zip(pred, truth, eval_mask)],
+                   dtype=np.float64)
+    return sse, eval_mask.sum(axis=(1, 2))
 
 
 def paired_mse_ratio(sse_a, sse_b, npx, *, n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95) -> dict:
@@ -162,7 +163,7 @@ def paired_mse_ratio(sse_a, sse_b, npx, *, n_boot: int = N_BOOT, seed: int = 0, 
         return float(x / y) if y > 0 else float("nan")
 
     rng = np.random.default_rng([seed, 5])
-    w = np.stack([np.bincount(rng.integers(0, len(a), len(a)), minlength=len(a)) for _ in range(int(n_boot))])
+    w = np.stack([resample_weights(rng, len(a)) for _ in range(int(n_boot))])
     wa, wb = w @ a, w @ b
     boot = np.where(wb > 0, wa / np.where(wb > 0, wb, 1.0), np.nan)
     lo, hi = np.nanquantile(boot, [(1 - level) / 2, (1 + level) / 2]) if np.isfinite(boot).any() else (np.nan,) * 2
@@ -268,14 +269,13 @@ def mse_summary(
     eval_mask = as_bool("eval_mask", eval_mask)
     pred = np.asarray(pred, dtype=np.float64)
     check_same("pred", pred, eval_mask, "eval_mask")
-    sq = (pred - batch.image) ** 2
     sse, npx = stamp_sse(pred, batch.image, eval_mask)
     mse = inpaint_mse(pred, batch.image, eval_mask)
     used = npx > 0
     rng = np.random.default_rng([seed, 4])
     boot = []
     for _ in range(n_boot):
-        w = np.bincount(rng.integers(0, len(sse), len(sse)), minlength=len(sse))
+        w = resample_weights(rng, len(sse))
         if w @ npx:
             boot.append((w @ sse) / (w @ npx))
     rn2 = np.broadcast_to(
@@ -284,7 +284,7 @@ def mse_summary(
     floor = (
         float(np.mean(batch.clean[eval_mask].astype(np.float64) + rn2[eval_mask])) if npx.sum() else np.nan
     )
-    sel = sq[eval_mask]
+    sel = (pred[eval_mask] - batch.image[eval_mask]) ** 2
     return {
         "mse_e2": mse,
         "mse_se_e2": float(np.std(boot)) if boot else float("nan"),
