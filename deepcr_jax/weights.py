@@ -159,14 +159,16 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     return tree
 
 
-def save_npz(path: str | os.PathLike, variables: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+def save_npz(path: str | os.PathLike, variables: Mapping[str, Any], meta: Mapping[str, Any], *,
+             exclusive: bool = False) -> None:
     """Write variables as flat ``a/b/c`` arrays plus a JSON ``__meta__`` string, atomically.
 
-    The file appears complete or not at all; an existing ``path`` is replaced.
+    The file appears complete or not at all; an existing ``path`` is
+    replaced, or with ``exclusive`` kept (:class:`FileExistsError`).
     """
     arrays = flatten(variables)
     arrays[META_KEY] = np.array(json.dumps(dict(meta), sort_keys=True))
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(path, exclusive=exclusive) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
 
 

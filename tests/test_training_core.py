@@ -38,7 +38,8 @@ def test_config_names_smoke_and_overrides():
      ({"crop": 30}, "crop must be a multiple of 4"), ({"flips": "maybe"}, "flips must be bool"),
      ({"bright_crops": 2.0}, r"bright_crops must be in \[0, 1\]"),
      ({"core_masks": 0.5}, "core_masks > 0 needs kind='inpaint' and bright_crops > 0"),
-     ({"core_reach": 0}, "core_reach must be >= 1"), ({"core_reach": 200}, r"core_reach \(200\) must be <= crop // 2")],
+     ({"core_reach": 0}, "core_reach must be >= 1"), ({"core_reach": 200}, r"core_reach \(200\) must be <= crop // 2"),
+     ({"core_weight": 0.0}, r"core_weight must be in \(0, 1\]"), ({"core_weight": 1.5}, "core_weight must be in")],
 )
 def test_config_bad_overrides(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -83,6 +84,12 @@ def test_inpaint_mse_hand_computed():
     ign = jnp.array([[[0.0, 0.0], [1.0, 0.0]]])  # pixel (1,0) ignored
     assert float(losses.inpaint_mse(pred, target, m_i, cr, ign)) == 1.0  # only (0,0): 1**2 / 1
     assert float(losses.inpaint_mse(pred, target, m_i, jnp.zeros_like(cr), jnp.zeros_like(ign))) == pytest.approx((1 + 4 + 9) / 3, rel=1e-6)
+    # a weight scales each pixel's error and its share of the count: a weighted mean
+    w = jnp.array([[[0.5, 1.0], [0.25, 1.0]]])
+    total, count = losses.inpaint_terms(pred, target, m_i, jnp.zeros_like(cr), jnp.zeros_like(ign), w)
+    assert (float(total), float(count)) == (0.5 * 1 + 4 + 0.25 * 9, 0.5 + 1 + 0.25)
+    total, count = losses.inpaint_terms(pred, target, m_i, cr, ign, w)  # CR and ignored pixels still excluded
+    assert (float(total), float(count)) == (0.5, 0.5)
 
 
 # ---------------------------------------------------------------- schedule
@@ -340,6 +347,14 @@ def test_core_masks_cover_the_bright_pixel(key):
     for j in range(4):  # the hidden block sits on the stamp's (flipped) star
         assert target[j][m[j] > 0].max() * cfg.scale > 4000  # 5000 e- less at most 0.9 sky
         assert np.all(np.asarray(x[j, ..., 0])[m[j] > 0] == 0)
+    assert "weight" not in labels  # core_weight 1 (default): every hidden pixel counts fully
+    # core_weight: the pixels only the block hides are weighted down, nothing else moves
+    _, lw = network_input(cfg.replace(core_weight=0.25), batch, key, train=True)
+    np.testing.assert_array_equal(np.asarray(lw["inpaint_mask"]), m)
+    donor = np.asarray(plain[..., 1]) > 0
+    w = np.asarray(lw["weight"])
+    only_core = (m > 0) & ~donor
+    assert only_core.any() and np.all(w[only_core] == 0.25) and np.all(w[~only_core] == 1)
 
 
 # ---------------------------------------------------------------- BatchNorm phases

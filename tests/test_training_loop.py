@@ -86,6 +86,62 @@ def test_workdir_errors(tmp_path):
         train_and_evaluate(cfg, wd, resume=False)
 
 
+def test_export_any_kept_epoch(tmp_path, capsys):
+    from deepcr_jax.training.cli import cli_main
+
+    wd = tmp_path / "run"
+    cfg = get_config("mask_2_4.smoke", epochs_max=4, keep_every=3)
+    out = train_and_evaluate(cfg, wd)
+    records = [json.loads(s) for s in (wd / "metrics.jsonl").read_text().splitlines()]
+    best = min(records, key=lambda r: r["val_loss"])["epoch"]
+    # kept: every 3rd epoch (epoch 2), the latest two (2, 3) and the best
+    assert cli_main(["--workdir", str(wd), "--export", "2"]) == 0
+    assert "epoch002.npz (epoch 2," in capsys.readouterr().out
+    meta = json.loads(str(np.load(wd / "epoch002.npz")["__meta__"]))
+    assert meta["validation"]["epoch"] == 2 and meta["validation"]["step"] == records[2]["step"]
+    np.testing.assert_allclose(meta["validation"]["val_loss"], records[2]["val_loss"], rtol=1e-6)
+    assert deepcr_jax.load_params(wd / "epoch002.npz").kind == "mask"
+    gone = next(e for e in (0, 1) if e != best)
+    assert cli_main(["--workdir", str(wd), "--export", str(gone)]) == 2
+    err = capsys.readouterr().err
+    assert f"epoch {gone} was not kept" in err and "keep_every" in err
+    # the best: the same arrays as best.npz, under its own name
+    assert cli_main(["--workdir", str(wd), "--export", "best", "-o", str(tmp_path / "b.npz")]) == 0
+    a, b = np.load(out["export"]), np.load(tmp_path / "b.npz")
+    assert set(a.files) == set(b.files)
+    for k in a.files:
+        if k != "__meta__":
+            np.testing.assert_array_equal(a[k], b[k])
+    # never overwritten; bad requests name the problem
+    assert cli_main(["--workdir", str(wd), "--export", "2"]) == 2
+    assert "never overwritten" in capsys.readouterr().err
+    assert cli_main(["--workdir", str(wd), "--export", "9"]) == 2
+    assert "epoch 9 has not completed (epochs 0..3 have)" in capsys.readouterr().err
+    for argv, msg in ((["--export", "two"], "epoch number"), (["--export", "-1"], "epoch number"),
+                      (["--export", "1", "--config", "mask_2_4"], "own config"),
+                      (["--output", "x.npz", "--config", "mask_2_4.smoke"], "--output goes with --export")):
+        assert cli_main(["--workdir", str(wd), *argv]) == 2
+        assert msg in capsys.readouterr().err
+    assert cli_main(["--workdir", str(tmp_path / "empty"), "--export", "best"]) == 2
+    assert "holds no training run" in capsys.readouterr().err
+    assert cli_main(["--workdir", str(wd)]) == 2
+    assert "--config is required" in capsys.readouterr().err
+
+
+def test_command_line_trains_logs_and_exports(tmp_path):
+    """``python -m train`` as a user runs it: epoch lines on stderr (no progress bar), then --export."""
+    env, wd = _child_env(tmp_path), tmp_path / "run"
+    run = subprocess.run([sys.executable, "-m", "train", "--config", "mask_2_4.smoke", "--workdir", str(wd),
+                          "epochs_max=2"], check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "epoch 0: loss" in run.stderr and "epoch 1: loss" in run.stderr
+    assert run.stdout.startswith(f"exported {wd / 'best.npz'}")
+    again = subprocess.run([sys.executable, "-m", "train", "--workdir", str(wd), "--export", "1"], check=False, env=env,
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert (wd / "epoch001.npz").exists() and "(epoch 1, validation loss" in again.stdout
+
+
 _CHILD = """
 import sys
 from deepcr_jax.training.config import get_config

@@ -8,8 +8,9 @@ global training step. Epoch-end checkpoints carry the validation loss as
 their metric; mid-epoch ones (every ``K`` steps) carry none.
 
 Kept: the latest two checkpoints and the best epoch-end one by validation
-loss (``preservation_policy``: ``LatestN`` ∪ ``BestN``, not the deprecated
-``max_to_keep``). Saving is synchronous: a checkpoint directory exists only
+loss, and, with ``keep_every_steps``, every checkpoint whose step is a
+multiple of it (``preservation_policy``: ``LatestN`` ∪ ``BestN`` ∪
+``EveryNSteps``, not the deprecated ``max_to_keep``). Saving is synchronous: a checkpoint directory exists only
 once complete (Orbax writes to a temporary directory and renames it), so a
 kill at any moment leaves the previous checkpoints intact.
 """
@@ -39,14 +40,21 @@ class Checkpoints:
     directory : str or path-like
     keep_latest : int
         Most recent checkpoints kept besides the best one.
+    keep_every_steps : int
+        Also keep every checkpoint whose step is a multiple of this (0: none;
+        the training loop passes a multiple of its steps per epoch, so these
+        are epoch ends).
     """
 
-    def __init__(self, directory: str | os.PathLike, *, keep_latest: int = 2):
+    def __init__(self, directory: str | os.PathLike, *, keep_latest: int = 2, keep_every_steps: int = 0):
         self.directory = os.path.abspath(os.fspath(directory))
-        policy = cm.AnyPreservationPolicy([
+        policies = [
             cm.LatestN(n=keep_latest),
             cm.BestN(get_metric_fn=_val_loss, reverse=True, n=1, keep_checkpoints_without_metrics=False),
-        ])
+        ]
+        if keep_every_steps:
+            policies.append(cm.EveryNSteps(interval_steps=keep_every_steps))
+        policy = cm.AnyPreservationPolicy(policies)
         options = ocp.CheckpointManagerOptions(
             best_fn=_val_loss, best_mode="min", preservation_policy=policy,
             enable_async_checkpointing=False, create=True,
@@ -61,6 +69,10 @@ class Checkpoints:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host))
         self._mngr.save(step, args=args, metrics=metrics, force=True)
         self._mngr.wait_until_finished()
+
+    def all_steps(self) -> list[int]:
+        """Steps of the checkpoints on disk, ascending."""
+        return sorted(self._mngr.all_steps())
 
     def latest_step(self) -> int | None:
         """Newest checkpoint's step, or None."""

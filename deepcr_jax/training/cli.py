@@ -1,5 +1,9 @@
 """Command line: ``python -m train --config NAME [--workdir DIR] [--overwrite] [key=value ...]``.
 
+``python -m train --workdir DIR --export EPOCH|best [--output PATH]`` exports
+one kept epoch of the run in DIR (finished, stopped or still training) as a
+zoo ``.npz`` instead of training.
+
 :func:`cli_main` is what ``python -m train`` (and later ``deepcr-jax train``) runs.
 """
 
@@ -32,8 +36,8 @@ def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the training options to ``p`` (``python -m train`` and ``deepcr-jax train`` share them)."""
-    p.add_argument("--config", required=True,
-                   help=f"preset: {', '.join(CONFIG_NAMES)} (each also as NAME.smoke)")
+    p.add_argument("--config", default=None,
+                   help=f"preset: {', '.join(CONFIG_NAMES)} (each also as NAME.smoke); needed to train")
     p.add_argument("--workdir", default=None, help="output directory (default: runs/<config>)")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run in the workdir")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an earlier run")
@@ -41,7 +45,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="multi-process: coordinator address host:port (with --num-processes, --process-id)")
     p.add_argument("--num-processes", type=int, default=None)
     p.add_argument("--process-id", type=int, default=None)
+    p.add_argument("--export", default=None, metavar="EPOCH|best",
+                   help="do not train: export epoch EPOCH (as numbered in metrics.jsonl; kept checkpoints: the "
+                        "latest two, the best, every keep_every-th) or the best of the run in --workdir")
+    p.add_argument("--output", "-o", default=None,
+                   help="with --export: the .npz to write (default WORKDIR/epochNNN.npz; never overwritten)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config field overrides")
+
+
+def _log_to_stderr() -> None:
+    """Show deepcr_jax's INFO records (an epoch's losses, a resume, the kernels' build) on stderr.
+
+    ``logging.basicConfig`` cannot: orbax attaches a handler to the root
+    logger when imported, which makes it a no-op and leaves the root at
+    WARNING. So the package's logger gets its own handler, once, and stops
+    propagating (no duplicates through that root handler).
+    """
+    logger = logging.getLogger("deepcr_jax")
+    if not any(getattr(h, "deepcr_jax_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        handler.deepcr_jax_cli = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def cli_main(argv: Sequence[str] | None = None) -> int:
@@ -50,7 +77,15 @@ def cli_main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train as ``args`` (from :func:`add_arguments`) say; returns the exit status."""
+    """Train (or ``--export``) as ``args`` (from :func:`add_arguments`) say; returns the exit status."""
+    if args.export is not None:
+        return _export(args)
+    if args.output is not None:
+        print("error: --output goes with --export", file=sys.stderr)
+        return 2
+    if args.config is None:
+        print(f"error: --config is required to train (one of {', '.join(CONFIG_NAMES)})", file=sys.stderr)
+        return 2
     try:
         config = get_config(args.config, **parse_overrides(args.overrides))
     except (ValueError, TypeError) as err:
@@ -68,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
                                    process_id=args.process_id)
     from deepcr_jax.training.loop import train_and_evaluate
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    _log_to_stderr()
     workdir = args.workdir or os.path.join("runs", config.name)
     try:
         result = train_and_evaluate(config, workdir, overwrite=args.overwrite, resume=not args.no_resume)
@@ -78,4 +113,31 @@ def run(args: argparse.Namespace) -> int:
     if jax.process_index() == 0:
         print(f"exported {result['export']} (best validation loss {result['best_val_loss']:.5g}, "
               f"{result['epochs']} epochs)")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """``--export EPOCH|best``: :func:`deepcr_jax.training.loop.export_epoch` on ``--workdir``."""
+    if args.workdir is None or args.config is not None or args.overrides or args.overwrite:
+        print("error: --export takes the run's own config: give --workdir (and optionally --output), "
+              "not --config, --overwrite or key=value", file=sys.stderr)
+        return 2
+    epoch: int | None = None
+    if args.export != "best":
+        try:
+            epoch = int(args.export)
+        except ValueError:
+            epoch = -1
+        if epoch < 0:
+            print(f"error: --export takes an epoch number (>= 0) or 'best'; got {args.export!r}", file=sys.stderr)
+            return 2
+    from deepcr_jax.training.loop import export_epoch
+
+    _log_to_stderr()
+    try:
+        res = export_epoch(args.workdir, epoch, args.output)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"exported {res['export']} (epoch {res['epoch']}, validation loss {res['val_loss']:.5g})")
     return 0

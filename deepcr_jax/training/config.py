@@ -59,6 +59,7 @@ class TrainConfig:
     bright_crops: float = 0.0  # fraction of training crops placed around the stamp's brightest non-CR pixel (0: all uniform, the paper)
     core_masks: float = 0.0  # inpaint: fraction of bright crops whose inpainting mask also hides the peak (a block; 0: off, the paper)
     core_reach: int = 4  # inpaint: that block reaches 0..core_reach px (uniform, each side alone) from the peak
+    core_weight: float = 1.0  # inpaint: loss weight of the pixels only a core mask hides (1: full; < 1 undoes their oversampling)
     core_shape: str = "block"  # inpaint: core masks as "block" (core_reach rectangles) or "cr" (another stamp's CRs moved onto the peak)
     bright_peaks: int = 1  # a bright crop centres on one of the stamp's N brightest local maxima, drawn uniformly (1: its brightest pixel)
     donors_max: int = 9  # inpaint: the inpainting mask ORs 1..donors_max CR masks of other stamps
@@ -69,6 +70,7 @@ class TrainConfig:
     sim_field: str = "mixed"  # simulator: "extragalactic", "globular", "resolved" or "mixed"
     val_fraction: float = 0.1  # fraction of groups (fields/exposures) held out for validation
     checkpoint_every_steps: int = 0  # also checkpoint every K steps mid-epoch (0: only at epoch ends)
+    keep_every: int = 0  # also keep every N-th epoch's checkpoint, for export_epoch / --export-epoch (0: latest two + best)
     plot_every: int = 5  # training-curve and example PNGs every N epochs (0: never)
     progress: bool = True  # tqdm progress bar
     kernels: str = "auto"  # "auto": CPU training kernels (training/fast_ops.py) on one CPU device; "native"; "xla"
@@ -83,7 +85,7 @@ class TrainConfig:
                   "core_reach", "bright_peaks"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be >= 1; got {getattr(self, f)}")
-        for f in ("bn_epochs", "max_decays", "checkpoint_every_steps", "plot_every"):
+        for f in ("bn_epochs", "max_decays", "checkpoint_every_steps", "keep_every", "plot_every"):
             if getattr(self, f) < 0:
                 raise ValueError(f"{f} must be >= 0; got {getattr(self, f)}")
         if self.crop % 4:
@@ -100,6 +102,8 @@ class TrainConfig:
         for f in ("bright_crops", "core_masks"):
             if not 0 <= getattr(self, f) <= 1:
                 raise ValueError(f"{f} must be in [0, 1]; got {getattr(self, f)}")
+        if not 0 < self.core_weight <= 1:
+            raise ValueError(f"core_weight must be in (0, 1]; got {self.core_weight}")
         if self.core_masks and (self.kind != "inpaint" or not self.bright_crops):
             raise ValueError("core_masks > 0 needs kind='inpaint' and bright_crops > 0 (it hides the bright crops' peaks)")
         if not 0 < self.decay_factor < 1:

@@ -112,7 +112,8 @@ def choose_threshold(prob: np.ndarray, truth: np.ndarray, ignore: np.ndarray,
 
 
 def export_npz(path: str | os.PathLike, config: TrainConfig, state: dict[str, Any], *, threshold: float,
-               provenance: str, notes: str = "", validation: dict[str, Any] | None = None) -> dict[str, Any]:
+               provenance: str, notes: str = "", validation: dict[str, Any] | None = None,
+               exclusive: bool = False) -> dict[str, Any]:
     """Write ``state``'s network as a zoo-format ``.npz`` (atomically); returns the metadata.
 
     Parameters
@@ -130,6 +131,8 @@ def export_npz(path: str | os.PathLike, config: TrainConfig, state: dict[str, An
         Where the training data came from.
     notes, validation
         Free text; validation scores (JSON-able).
+    exclusive : bool
+        Never replace an existing ``path`` (:class:`FileExistsError`).
     """
     variables: dict[str, Any] = {"params": state["params"]}
     if config.norm == "batch":
@@ -151,7 +154,7 @@ def export_npz(path: str | os.PathLike, config: TrainConfig, state: dict[str, An
         data=provenance,
         validation=validation or {},
     )
-    save_npz(path, variables, meta)
+    save_npz(path, variables, meta, exclusive=exclusive)
     return meta
 
 

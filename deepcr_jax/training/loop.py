@@ -5,7 +5,8 @@ the state, runs epochs of jitted steps with host-side prefetch, validates
 after each epoch (eval-mode network), steps the plateau schedule and the
 BatchNorm phase, checkpoints with Orbax, writes ``metrics.jsonl`` (one JSON
 line per epoch), PNGs, and finally exports ``best.npz`` from the best
-validation checkpoint.
+validation checkpoint. :func:`export_epoch` exports another kept epoch (or
+the best) of a run, finished or not, without training.
 
 Workdir layout: ``config.json`` (the run's config; a different config is
 refused, naming the fields), ``checkpoints/`` (Orbax), ``metrics.jsonl``,
@@ -42,12 +43,12 @@ from deepcr_jax.training.schedule import Plateau, bn_phase, set_learning_rate
 from deepcr_jax.training.state import create_state, replicate
 from deepcr_jax.training.step import make_eval_step, make_train_step
 
-__all__ = ["global_batch", "make_mesh", "train_and_evaluate", "validate", "validation_key"]
+__all__ = ["export_epoch", "global_batch", "make_mesh", "train_and_evaluate", "validate", "validation_key"]
 
 log = logging.getLogger(__name__)
 
 #: Config fields that may change when a run is resumed (they do not change the numbers).
-RESUME_SAFE_FIELDS = ("epochs_max", "plot_every", "progress", "checkpoint_every_steps", "kernels")
+RESUME_SAFE_FIELDS = ("epochs_max", "plot_every", "progress", "checkpoint_every_steps", "keep_every", "kernels")
 _OUTPUTS = ("metrics.jsonl", "best.npz", "config.json")
 
 
@@ -270,24 +271,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overw
         ``epochs`` (completed), ``history`` (the ``metrics.jsonl`` records).
     """
     workdir = os.path.abspath(os.fspath(workdir))
-    pi, pc = jax.process_index(), jax.process_count()
-    primary = pi == 0
+    primary = jax.process_index() == 0
     _prepare_workdir(config, workdir, overwrite, resume, primary)
-    mesh = make_mesh()
-    if config.batch_size % mesh.size:
-        raise ValueError(f"batch_size ({config.batch_size}) must be divisible by the device count ({mesh.size})")
-    ds = data if data is not None else data_lib.load_source(config)
-    train_ds, val_ds = data_lib.split_by_group(ds, config.val_fraction, config.seed)
-    it = data_lib.EpochIterator(train_ds, config.batch_size, config.crop, config.seed, pi, pc,
-                                bright_fraction=config.bright_crops, core_fraction=config.core_masks,
-                                core_reach=config.core_reach, bright_peaks=config.bright_peaks,
-                                core_shape=config.core_shape)
-    val_local = data_lib.eval_batches(val_ds, config.batch_size, config.crop, pi, pc)
-    val_global = val_local if pc == 1 else data_lib.eval_batches(val_ds, config.batch_size, config.crop)
-    key = jax.random.key(config.seed)
-    val_key = validation_key(key)
-    state = replicate(create_state(config, key), mesh)
-    ckpts = Checkpoints(os.path.join(workdir, "checkpoints"))
+    run = _Run(config, workdir, data)
+    it, mesh, state, ckpts = run.iterator, run.mesh, run.state, run.ckpts
+    val_local, val_global, val_key = run.val_local, run.val_global, run.val_key
     host: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0.0,
                             "grad_norm_sum": 0.0, "grad_norm_max": 0.0, "grad_steps": 0,
                             "plateau": Plateau(lr=config.lr).to_dict(), "config": config.to_dict()}
@@ -360,24 +348,119 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overw
     best = ckpts.best_step()
     if best is None:
         raise ValueError("no epoch completed (epochs_max reached before the first epoch?)")
-    best_state, best_host = ckpts.restore(best, state)
-    best_val, scores, out = validate(config, best_state, eval_step, val_local, val_global, mesh, val_key)
-    notes = ""
-    threshold = export_lib.DEFAULT_THRESHOLD
-    if config.kind == "mask":
-        keep = np.concatenate([b["weight"] for b in val_global]) > 0
-        cr = np.concatenate([b["cr"] for b in val_global])[keep] > 0
-        ign = np.concatenate([b["ignore"] for b in val_global])[keep] > 0
-        threshold, notes = export_lib.choose_threshold(out, cr, ign)
-        notes = "threshold: " + notes
     export_path = os.path.join(workdir, "best.npz")
-    if primary:
-        export_lib.export_npz(
-            export_path, config, best_state, threshold=threshold, provenance=ds.provenance, notes=notes,
-            validation={"epoch": best_host["epoch"] - 1, "step": best, "val_loss": best_val, **scores},
-        )
-    multihost_utils.sync_global_devices("deepcr_jax.training: exported")
+    best_val = run.export(best, eval_step, export_path)["val_loss"]
     ckpts.close()
     return {"export": export_path, "best_step": best, "best_val_loss": best_val,
             "epochs": host["epoch"], "history": history,
             "stopped_early": plateau.stop and not math.isinf(plateau.best)}
+
+
+class _Run:
+    """What a run in ``workdir`` rebuilds from its config: mesh, data, iterator, state template, checkpoints."""
+
+    def __init__(self, config: TrainConfig, workdir: str, data: data_lib.Dataset | None) -> None:
+        pi, pc = jax.process_index(), jax.process_count()
+        self.config = config
+        self.mesh = make_mesh()
+        if config.batch_size % self.mesh.size:
+            raise ValueError(f"batch_size ({config.batch_size}) must be divisible by the device count "
+                             f"({self.mesh.size})")
+        self.ds = data if data is not None else data_lib.load_source(config)
+        train_ds, val_ds = data_lib.split_by_group(self.ds, config.val_fraction, config.seed)
+        self.iterator = data_lib.EpochIterator(
+            train_ds, config.batch_size, config.crop, config.seed, pi, pc,
+            bright_fraction=config.bright_crops, core_fraction=config.core_masks, core_reach=config.core_reach,
+            bright_peaks=config.bright_peaks, core_shape=config.core_shape)
+        self.val_local = data_lib.eval_batches(val_ds, config.batch_size, config.crop, pi, pc)
+        self.val_global = (self.val_local if pc == 1
+                           else data_lib.eval_batches(val_ds, config.batch_size, config.crop))
+        key = jax.random.key(config.seed)
+        self.val_key = validation_key(key)
+        self.state = replicate(create_state(config, key), self.mesh)
+        self.ckpts = Checkpoints(os.path.join(workdir, "checkpoints"),
+                                 keep_every_steps=config.keep_every * self.iterator.steps_per_epoch)
+
+    def export(self, step: int, eval_step, path: str, exclusive: bool = False) -> dict[str, Any]:
+        """Validate checkpoint ``step``, write it as a zoo ``.npz`` at ``path`` (process 0); its validation record."""
+        config, mesh, val_global = self.config, self.mesh, self.val_global
+        state, host = self.ckpts.restore(step, self.state)
+        val_loss, scores, out = validate(config, state, eval_step, self.val_local, val_global, mesh, self.val_key)
+        notes = ""
+        threshold = export_lib.DEFAULT_THRESHOLD
+        if config.kind == "mask":
+            keep = np.concatenate([b["weight"] for b in val_global]) > 0
+            cr = np.concatenate([b["cr"] for b in val_global])[keep] > 0
+            ign = np.concatenate([b["ignore"] for b in val_global])[keep] > 0
+            threshold, notes = export_lib.choose_threshold(out, cr, ign)
+            notes = "threshold: " + notes
+        validation = {"epoch": host["epoch"] - 1, "step": step, "val_loss": val_loss, **scores}
+        if jax.process_index() == 0:
+            export_lib.export_npz(path, config, state, threshold=threshold, provenance=self.ds.provenance,
+                                  notes=notes, validation=validation, exclusive=exclusive)
+        multihost_utils.sync_global_devices("deepcr_jax.training: exported")
+        return validation
+
+
+def export_epoch(workdir: str | os.PathLike, epoch: int | None = None, output: str | os.PathLike | None = None,
+                 *, data: data_lib.Dataset | None = None) -> dict[str, Any]:
+    """Export one kept epoch of a run (finished, stopped or still running) as a zoo ``.npz``, without training.
+
+    Parameters
+    ----------
+    workdir : path-like
+        The run's directory (its ``config.json``, ``checkpoints/`` and
+        ``metrics.jsonl``).
+    epoch : int, optional
+        The epoch as numbered in ``metrics.jsonl`` (0 = the first): its
+        end-of-epoch checkpoint must still be kept (the latest two, the best,
+        and every ``keep_every``-th). None: the best by validation loss.
+    output : path-like, optional
+        The ``.npz`` to write (default ``workdir/epochNNN.npz``, or
+        ``workdir/best-epochNNN.npz`` for the best). An existing file is an
+        error: exports are never overwritten.
+    data : Dataset, optional
+        The run's stamps when it was given its data in memory (default: its
+        config's ``data``, e.g. the simulator, rebuilt from the seed): the
+        validation split scores the export and, for mask networks, picks
+        its threshold.
+
+    Returns
+    -------
+    dict
+        ``export`` (the path), ``epoch``, ``step``, ``val_loss`` and the
+        validation scores.
+    """
+    workdir = os.path.abspath(os.fspath(workdir))
+    cfg_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(cfg_path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise ValueError(f"workdir {workdir!r} holds no training run (config.json and checkpoints/)")
+    with open(cfg_path) as fh:
+        config = TrainConfig.from_dict(json.load(fh))
+    steps = {r["epoch"]: r["step"] for r in _read_history(os.path.join(workdir, "metrics.jsonl"), 2**62, False)}
+    if not steps:
+        raise ValueError(f"workdir {workdir!r}: no epoch has completed yet")
+    if epoch is not None and epoch not in steps:
+        raise ValueError(f"workdir {workdir!r}: epoch {epoch} has not completed (epochs 0..{max(steps)} have)")
+    run = _Run(config, workdir, data)
+    kept = run.ckpts.all_steps()
+    if epoch is None:
+        step = run.ckpts.best_step()
+        epoch = next(e for e, s in steps.items() if s == step)
+        name = f"best-epoch{epoch:03d}.npz"
+    else:
+        step, name = steps[epoch], f"epoch{epoch:03d}.npz"
+        if step not in kept:
+            have = sorted(e for e, s in steps.items() if s in kept)
+            raise ValueError(f"workdir {workdir!r}: the checkpoint of epoch {epoch} was not kept (kept epochs: "
+                             f"{', '.join(map(str, have))}; keep_every=N keeps every N-th)")
+    path = os.path.abspath(os.fspath(output)) if output is not None else os.path.join(workdir, name)
+    if os.path.exists(path):
+        raise ValueError(f"{path!r} exists; exports are never overwritten (remove it or name another --output)")
+    try:
+        record = run.export(step, make_eval_step(config, run.mesh), path, exclusive=True)
+    except FileExistsError:
+        raise ValueError(f"{path!r} exists; exports are never overwritten (remove it or name another --output)") from None
+    finally:
+        run.ckpts.close()
+    return {"export": path, **record, "epoch": epoch}

@@ -58,7 +58,7 @@ def bce_with_ignore(logits: jax.Array, cr: jax.Array, ignore: jax.Array) -> jax.
 
 
 def inpaint_terms(pred: jax.Array, target: jax.Array, inpaint_mask: jax.Array, cr: jax.Array,
-                  ignore: jax.Array) -> tuple[jax.Array, jax.Array]:
+                  ignore: jax.Array, weight: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Summed squared error and count over ``M_I ∧ ¬M_CR ∧ ¬ignore`` (paper eq. 2).
 
     Parameters
@@ -72,12 +72,19 @@ def inpaint_terms(pred: jax.Array, target: jax.Array, inpaint_mask: jax.Array, c
         ``M_I``: 1 = pixel hidden from the network and to be predicted.
     cr, ignore : array, shape (n, ny, nx)
         1 = cosmic ray / ignored: excluded (their values are not the truth).
+    weight : array, shape (n, ny, nx), optional
+        Per-pixel loss weight (>= 0; None: 1 everywhere). It scales each
+        selected pixel's squared error *and* its share of ``count``, so the
+        ratio is a weighted mean.
 
     Returns
     -------
     total, count : scalar float32 arrays
+        ``sum(w * sel * (pred - target)**2)`` and ``sum(w * sel)``.
     """
     sel = inpaint_mask * (1.0 - cr) * (1.0 - ignore)
+    if weight is not None:
+        sel = sel * weight
     return jnp.sum(sel * jnp.square(pred - target)), jnp.sum(sel)
 
 

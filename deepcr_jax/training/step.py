@@ -43,8 +43,10 @@ def network_input(config: TrainConfig, batch: dict[str, jax.Array], key: jax.Arr
     """Augment (``train``), preprocess, and build the NHWC network input.
 
     Returns ``(x, labels)``: ``x`` (B, ny, nx, C); ``labels`` holds ``cr``,
-    ``ignore`` and, for inpainting, ``target`` (preprocessed image) and
-    ``inpaint_mask``. ``key`` may be None only for mask networks with
+    ``ignore`` and, for inpainting, ``target`` (preprocessed image),
+    ``inpaint_mask`` and, with core masks and ``core_weight < 1``, ``weight``
+    (the loss weight: ``core_weight`` where only the core mask hides a
+    pixel, else 1). ``key`` may be None only for mask networks with
     ``train=False`` (inpainting masks always need one).
     """
     image, cr, ignore = batch["image"], batch["cr"], batch["ignore"]
@@ -64,6 +66,8 @@ def network_input(config: TrainConfig, batch: dict[str, jax.Array], key: jax.Arr
         return x[..., None], labels
     m = augment.donor_masks(k_donor, cr, config.donors_max)
     if extra:
+        if config.core_weight < 1:  # pixels only the core mask hides are oversampled against CR masks
+            labels["weight"] = 1 - (1 - config.core_weight) * extra[0] * (1 - m)
         m = jnp.maximum(m, extra[0])
     labels.update(target=x, inpaint_mask=m)
     return jnp.stack([x * (1 - m), m], axis=-1), labels
@@ -72,7 +76,8 @@ def network_input(config: TrainConfig, batch: dict[str, jax.Array], key: jax.Arr
 def _loss_terms(config: TrainConfig, out: jax.Array, labels: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     if config.kind == "mask":
         return losses.bce_terms(out, labels["cr"], labels["ignore"])
-    return losses.inpaint_terms(out, labels["target"], labels["inpaint_mask"], labels["cr"], labels["ignore"])
+    return losses.inpaint_terms(out, labels["target"], labels["inpaint_mask"], labels["cr"], labels["ignore"],
+                                labels.get("weight"))
 
 
 def _shardings(mesh: Mesh | None):
