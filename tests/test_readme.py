@@ -62,6 +62,19 @@ def test_command_lines_run(tmp_path):
         write_flc(path, [seed], (128, 128))
 
     flc(tmp_path / "j8xi01abq_flc.fits", 1)
+    from astropy.io import fits
+
+    from deepcr_jax.simulate import simulate_exposure
+
+    for k in (1, 2, 3):  # three aligned exposures of one field (same scene, own noise and CRs), for `stamps`
+        exp = simulate_exposure("extragalactic", (512, 512), seed=10 + k, scene_seed=5, sky_rate=0.15)
+        primary = fits.PrimaryHDU()
+        for amp in "ABCD":
+            primary.header[f"READNSE{amp}"] = 4.5
+        sci = fits.ImageHDU(exp.image, name="SCI", ver=1)
+        sci.header["BUNIT"] = "ELECTRONS"
+        fits.HDUList([primary, sci, fits.ImageHDU(np.zeros((512, 512), np.int16), name="DQ", ver=1)]).writeto(
+            tmp_path / f"j8xi01a{k}q_flc.fits")
     (tmp_path / "night" / "a").mkdir(parents=True)
     flc(tmp_path / "night" / "a" / "x_flc.fits", 2)
     (tmp_path / "data").mkdir()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -225,3 +227,39 @@ def test_from_fits_equals_arrays(field, tmp_path):
         builder.build_stamps_from_fits(paths[:2] + [other], stamp_size=64, border=32)
     with pytest.raises(ValueError, match="at least 3 exposures"):
         builder.build_stamps_from_fits(paths[:2])
+
+
+def test_stamps_command_feeds_train(field, tmp_path, capsys):
+    """``deepcr-jax stamps`` per field, then ``deepcr-jax train data="stamps/*.fits"`` on them."""
+    from deepcr_jax.cli import main
+    from deepcr_jax.training.data import from_fits
+
+    fields = {"a": field["image"][:3, :192, :192],
+              "b": np.stack([e.image for e in _repeats("globular", 3, shape=(192, 192), scene_seed=9)])}
+    out_dir = tmp_path / "stamps"
+    out_dir.mkdir()
+    for name, images in fields.items():
+        paths = []
+        for i, img in enumerate(images):
+            paths.append(str(tmp_path / f"{name}{i}_flc.fits"))
+            _write_flc(paths[-1], [(img, np.zeros(img.shape, np.int16))])
+        out = out_dir / f"{name}.fits"
+        assert main(["stamps", *paths, "-o", str(out), "--stamp-size", "64", "--border", "32"]) == 0
+        assert f"wrote {out}: 12 stamps of 64x64 from 3 exposures x 1 chip(s)" in capsys.readouterr().out
+        ref = builder.build_stamps_from_fits(paths, stamp_size=64, border=32)
+        back = from_fits([str(out)])
+        np.testing.assert_array_equal(back.image, ref.image)
+        np.testing.assert_array_equal(back.cr, ref.cr)
+        np.testing.assert_array_equal(back.ignore, ref.ignore)
+        np.testing.assert_allclose(back.sky, ref.sky, rtol=1e-6)  # each stamp its own exposure's sky
+        assert len(np.unique(back.group)) == 1  # one field, one group
+        # never overwritten, never onto an input; too few exposures; a name train would not read
+        for argv, msg in (([*paths, "-o", str(out)], "already exists"), ([*paths, "-o", paths[0], "--overwrite"], "is one of the inputs"),
+                          ([*paths[:2], "-o", str(tmp_path / "x.fits")], "at least 3 exposures"),
+                          ([*paths, "-o", str(tmp_path / "x.npz")], "must end in .fits")):
+            assert main(["stamps", *argv]) == 2
+            assert msg in capsys.readouterr().err
+    wd = tmp_path / "run"
+    assert main(["train", "--config", "mask_2_4.smoke", "--workdir", str(wd), f"data={out_dir}/*.fits",
+                 "epochs_max=1"]) == 0
+    assert "2 FITS stamp files" in json.loads(str(np.load(wd / "best.npz")["__meta__"]))["data"]

@@ -142,6 +142,28 @@ def test_command_line_trains_logs_and_exports(tmp_path):
     assert (wd / "epoch001.npz").exists() and "(epoch 1, validation loss" in again.stdout
 
 
+def test_resume_refuses_changed_data(tmp_path):
+    """A run on files or arrays resumes only on the stamps it began on (a data folder may change between runs)."""
+    from deepcr_jax.training.data import from_arrays
+
+    rng = np.random.default_rng(3)
+    img = rng.normal(100, 5, (8, 32, 32)).astype(np.float32)
+    cr = rng.random(img.shape) < 0.03
+    wd = tmp_path / "run"
+    cfg = get_config("mask_2_4.smoke", epochs_max=1)
+    train_and_evaluate(cfg, wd, data=from_arrays(img, cr, provenance="8 test stamps"))
+    (wd / "best.npz").unlink()  # as after a kill: a run to resume
+    changed = img.copy()
+    changed[5, 7, 7] += 1.0  # one pixel of one file rewritten
+    with pytest.raises(ValueError, match=r"other data: it began on 8 stamps \(8 test stamps; sha256 .*the data "
+                                         r"now give 7 \(seven"):
+        train_and_evaluate(cfg.replace(epochs_max=2), wd, data=from_arrays(changed[:7], cr[:7], provenance="seven"))
+    with pytest.raises(ValueError, match="other data"):
+        train_and_evaluate(cfg.replace(epochs_max=2), wd, data=from_arrays(changed, cr))
+    out = train_and_evaluate(cfg.replace(epochs_max=2), wd, data=from_arrays(img.copy(), cr))  # the same stamps
+    assert out["epochs"] == 2
+
+
 _CHILD = """
 import sys
 from deepcr_jax.training.config import get_config

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +50,7 @@ __all__ = [
     "from_simulator",
     "load_source",
     "split_by_group",
+    "to_fits",
 ]
 
 
@@ -69,6 +72,20 @@ class Dataset:
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
+
+    def sha256(self) -> str:
+        """Digest of the stamps (every array's shape, type and bits, in order; not the provenance).
+
+        A resumed run checks it against the one its checkpoint recorded, so
+        a data folder that changed in between (files added, removed or
+        rewritten) is refused instead of silently mixed into the run.
+        """
+        h = hashlib.sha256()
+        for a in (self.image, self.cr, self.ignore, self.sky, self.group):
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(memoryview(a).cast("B"))
+        return h.hexdigest()
 
     def subset(self, idx: np.ndarray) -> Dataset:
         """The stamps ``idx`` (same provenance)."""
@@ -178,8 +195,10 @@ def from_pair_files(paths: Sequence[str], sky=None, *, group_by: str = "dir") ->
 def from_fits(paths: Sequence[str]) -> Dataset:
     """FITS stamps: the first image HDU holds the image(s), HDU ``CRMASK`` the CR mask,
     optional HDU ``IGNORE`` the ignore mask; each may be (ny, nx) or (n, ny, nx).
-    A header keyword ``SKY`` (first HDU) gives the sky level, else the median.
-    One file = one group (one exposure).
+    The sky level: an HDU ``SKY`` of one value per stamp (as :func:`to_fits`
+    writes), else a header keyword ``SKY`` (first HDU), else the median.
+    One file = one group (one exposure, or one field's stamps as :func:`to_fits`
+    writes them).
     """
     from astropy.io import fits
 
@@ -198,11 +217,17 @@ def from_fits(paths: Sequence[str]) -> Dataset:
             if cr is None:
                 raise ValueError(f"{p}: CRMASK shape {hdul['CRMASK'].data.shape} does not match image {img.shape}")
             ign = np.asarray(hdul["IGNORE"].data).reshape(img.shape) if "IGNORE" in hdul else np.zeros(img.shape)
-            sky = first.header.get("SKY")
+            if "SKY" in hdul:
+                sky = np.asarray(hdul["SKY"].data, np.float64).ravel()
+                if sky.shape != (len(img),):
+                    raise ValueError(f"{p}: SKY holds {sky.size} values for {len(img)} stamps")
+            else:
+                sky = first.header.get("SKY")
+                sky = np.full(len(img), np.nan if sky is None else float(sky))
         imgs.append(img)
         crs.append(cr)
         igns.append(ign)
-        skies += [np.nan if sky is None else float(sky)] * len(img)
+        skies += sky.tolist()
         groups += [gi] * len(img)
     image = np.concatenate(imgs)
     sky_a = np.asarray(skies, np.float32)
@@ -210,6 +235,48 @@ def from_fits(paths: Sequence[str]) -> Dataset:
                      provenance=f"{len(paths)} FITS stamp files")
     sky_a = np.where(np.isnan(sky_a), ds.sky, sky_a).astype(np.float32)
     return dataclasses.replace(ds, sky=sky_a)
+
+
+def to_fits(path: str | os.PathLike, image, cr, ignore, sky, *, cards: Sequence[tuple[str, Any, str]] = (),
+            history: Sequence[str] = (), overwrite: bool = False) -> None:
+    """Write stamps as one FITS file that :func:`from_fits` (and ``train data=...``) reads back.
+
+    Parameters
+    ----------
+    path : path-like
+        Output file, written atomically; an existing one is an error
+        (:class:`FileExistsError`) unless ``overwrite``.
+    image : array_like, (n, ny, nx)
+        Stamps in the data's units (electrons): the primary HDU (float32).
+    cr, ignore : array_like of bool, (n, ny, nx)
+        HDUs ``CRMASK`` and ``IGNORE`` (uint8, 1 = cosmic ray / ignored).
+    sky : array_like, (n,)
+        HDU ``SKY``: each stamp's sky level in the image's units.
+    cards : sequence of (keyword, value, comment)
+        Extra primary-header keywords (e.g. how the stamps were made).
+    history : sequence of str
+        ``HISTORY`` lines (e.g. the source files).
+    """
+    from astropy.io import fits
+
+    from deepcr_jax.fits import write_hdulist
+
+    image = np.asarray(image, np.float32)
+    if image.ndim != 3:
+        raise ValueError(f"image must be (n, ny, nx); got shape {image.shape}")
+    cr, ignore = (_as_mask(name, m, image.shape) for name, m in (("cr", cr), ("ignore", ignore)))
+    sky = np.asarray(sky, np.float32)
+    if sky.shape != image.shape[:1]:
+        raise ValueError(f"sky must hold one value per stamp ({image.shape[0]}); got shape {sky.shape}")
+    primary = fits.PrimaryHDU(image)
+    primary.header["BUNIT"] = ("ELECTRONS", "stamp pixel units")
+    for key, value, comment in cards:
+        primary.header[key] = (value, comment)
+    for line in history:
+        primary.header.add_history(line)
+    hdus = [primary, fits.ImageHDU(cr.astype(np.uint8), name="CRMASK"),
+            fits.ImageHDU(ignore.astype(np.uint8), name="IGNORE"), fits.ImageHDU(sky, name="SKY")]
+    write_hdulist(fits.HDUList(hdus), path, overwrite=overwrite)
 
 
 def from_simulator(n: int, *, seed: int, shape: int = 256, field: str = "mixed") -> Dataset:

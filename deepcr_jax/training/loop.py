@@ -123,6 +123,17 @@ def _prepare_workdir(config: TrainConfig, workdir: str, overwrite: bool, resume:
         os.replace(tmp, cfg_path)
 
 
+def _check_same_data(workdir: str, then: dict[str, Any] | None, now: dict[str, Any] | None) -> None:
+    """Refuse to resume on other stamps than the checkpoint's (None: not recorded, e.g. simulated data)."""
+    if then is None or now is None or then["sha256"] == now["sha256"]:
+        return
+    raise ValueError(
+        f"workdir {workdir!r} holds a run on other data: it began on {then['stamps']} stamps "
+        f"({then['provenance']}; sha256 {then['sha256'][:12]}...), the data now give {now['stamps']} "
+        f"({now['provenance']}; sha256 {now['sha256'][:12]}...); restore the data it began on, or use another "
+        "workdir or overwrite=True (--overwrite)")
+
+
 def _read_history(path: str, before_epoch: int, primary: bool) -> list[dict[str, Any]]:
     """Records of epochs < before_epoch; the file is rewritten without later (lost) ones."""
     if not os.path.exists(path):
@@ -279,9 +290,16 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overw
     host: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0.0,
                             "grad_norm_sum": 0.0, "grad_norm_max": 0.0, "grad_steps": 0,
                             "plateau": Plateau(lr=config.lr).to_dict(), "config": config.to_dict()}
+    # simulated stamps are fixed by the config (checked above); other data must be what the run began on
+    if data is not None or config.data != "simulate":
+        host["data"] = {"sha256": run.ds.sha256(), "stamps": len(run.ds), "provenance": run.ds.provenance}
     latest = ckpts.latest_step() if resume else None
     if latest is not None:
+        now = host.get("data")
         state, host = ckpts.restore(latest, state)
+        _check_same_data(workdir, host.get("data"), now)
+        if now is not None:  # a checkpoint from before the record: record from here on
+            host["data"] = now
         log.info("resumed from step %d (epoch %d, batch %d)", latest, host["epoch"], host["batch"])
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     history = _read_history(metrics_path, host["epoch"], primary)
