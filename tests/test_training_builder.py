@@ -256,7 +256,8 @@ def test_stamps_command_feeds_train(field, tmp_path, capsys):
         # never overwritten, never onto an input; too few exposures; a name train would not read
         for argv, msg in (([*paths, "-o", str(out)], "already exists"), ([*paths, "-o", paths[0], "--overwrite"], "is one of the inputs"),
                           ([*paths[:2], "-o", str(tmp_path / "x.fits")], "at least 3 exposures"),
-                          ([*paths, "-o", str(tmp_path / "x.npz")], "must end in .fits")):
+                          ([*paths, "-o", str(tmp_path / "x.npz")], "must end in .fits"),
+                          ([*paths, "-o", str(tmp_path / "x.fits.gz")], "must end in .fits")):
             assert main(["stamps", *argv]) == 2
             assert msg in capsys.readouterr().err
     wd = tmp_path / "run"

@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Build the stamps, write them atomically, print what was written."""
     out = args.output
-    if not out.lower().endswith((".fits", ".fit", ".fits.gz")):
+    if not out.lower().endswith((".fits", ".fit")):  # what train's data= glob reads as FITS stamps
         raise UserError(f"output must end in .fits (train reads stamps by suffix); got {out!r}")
     missing = [p for p in args.exposures if not os.path.isfile(p)]
     if missing:

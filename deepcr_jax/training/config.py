@@ -70,7 +70,7 @@ class TrainConfig:
     sim_field: str = "mixed"  # simulator: "extragalactic", "globular", "resolved" or "mixed"
     val_fraction: float = 0.1  # fraction of groups (fields/exposures) held out for validation
     checkpoint_every_steps: int = 0  # also checkpoint every K steps mid-epoch (0: only at epoch ends)
-    keep_every: int = 0  # also keep every N-th epoch's checkpoint, for export_epoch / --export-epoch (0: latest two + best)
+    keep_every: int = 0  # also keep every N-th epoch's checkpoint, for export_epoch / --export (0: latest two + best)
     plot_every: int = 5  # training-curve and example PNGs every N epochs (0: never)
     progress: bool = True  # tqdm progress bar
     kernels: str = "auto"  # "auto": CPU training kernels (training/fast_ops.py) on one CPU device; "native"; "xla"

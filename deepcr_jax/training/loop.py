@@ -473,12 +473,13 @@ def export_epoch(workdir: str | os.PathLike, epoch: int | None = None, output: s
             raise ValueError(f"workdir {workdir!r}: the checkpoint of epoch {epoch} was not kept (kept epochs: "
                              f"{', '.join(map(str, have))}; keep_every=N keeps every N-th)")
     path = os.path.abspath(os.fspath(output)) if output is not None else os.path.join(workdir, name)
-    if os.path.exists(path):
-        raise ValueError(f"{path!r} exists; exports are never overwritten (remove it or name another --output)")
+    taken = f"{path!r} exists; exports are never overwritten (remove it or name another --output)"
+    if os.path.exists(path):  # before the validation pass, not after it
+        raise ValueError(taken)
     try:
         record = run.export(step, make_eval_step(config, run.mesh), path, exclusive=True)
-    except FileExistsError:
-        raise ValueError(f"{path!r} exists; exports are never overwritten (remove it or name another --output)") from None
+    except FileExistsError:  # appeared meanwhile
+        raise ValueError(taken) from None
     finally:
         run.ckpts.close()
     return {"export": path, **record, "epoch": epoch}
