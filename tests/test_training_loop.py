@@ -124,8 +124,54 @@ def test_export_any_kept_epoch(tmp_path, capsys):
         assert msg in capsys.readouterr().err
     assert cli_main(["--workdir", str(tmp_path / "empty"), "--export", "best"]) == 2
     assert "holds no training run" in capsys.readouterr().err
-    assert cli_main(["--workdir", str(wd)]) == 2
+    assert cli_main(["--workdir", str(wd)]) == 2  # its own config: nothing more to train
+    assert "raise epochs_max above 4 to continue it" in capsys.readouterr().err
+    assert cli_main(["--workdir", str(tmp_path / "empty")]) == 2
     assert "--config is required" in capsys.readouterr().err
+
+
+def test_finished_run_continues_with_more_epochs(tmp_path, capsys):
+    """``--workdir W epochs_max=N`` (no --config) trains a finished run on, as if it had been asked for N at once."""
+    from deepcr_jax.training.cli import cli_main
+
+    cfg = get_config("mask_2_4.smoke", epochs_max=3, bn_epochs=1)
+    whole = train_and_evaluate(cfg, tmp_path / "whole")
+    wd = tmp_path / "run"
+    first = train_and_evaluate(cfg.replace(epochs_max=2), wd)
+    before = {k: v for k, v in np.load(first["export"]).items()}
+    best_epoch = json.loads(str(before["__meta__"]))["validation"]["epoch"]
+    assert cli_main(["--workdir", str(wd), "epochs_max=3"]) == 0
+    assert "exported" in capsys.readouterr().out
+    # the earlier best model is kept under its epoch's name, byte for byte
+    kept = np.load(wd / f"best-epoch{best_epoch:03d}.npz")
+    assert set(kept.files) == set(before)
+    for k, v in before.items():
+        np.testing.assert_array_equal(kept[k], v)
+    # resuming is exact: the same records and best model as the run asked for 3 epochs at once
+    records = [json.loads(s) for s in (wd / "metrics.jsonl").read_text().splitlines()]
+    expected = [json.loads(s) for s in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    for a, b in zip(records, expected):
+        assert (a["loss"], a["val_loss"], a["lr"]) == (b["loss"], b["val_loss"], b["lr"])
+    a, b = np.load(wd / "best.npz"), np.load(whole["export"])
+    for k in a.files:
+        if k != "__meta__":
+            np.testing.assert_array_equal(a[k], b[k])
+    assert json.loads((wd / "config.json").read_text())["epochs_max"] == 3
+    # other changes than the resume-safe fields are refused, naming them
+    assert cli_main(["--workdir", str(wd), "epochs_max=4", "lr=0.1"]) == 2
+    assert "different config (lr: 0.005 in the workdir, 0.1 now" in capsys.readouterr().err
+    assert cli_main(["--workdir", str(wd), "epochs_max=3"]) == 2
+    assert "raise epochs_max above 3" in capsys.readouterr().err
+
+
+def test_run_stopped_by_plateau_does_not_continue(tmp_path):
+    # rtol 0.9: an epoch "improves" only below a tenth of the best, so the rule stops the run at once
+    cfg = get_config("mask_2_4.smoke", epochs_max=8, bn_epochs=0, patience=1, max_decays=0, rtol=0.9)
+    out = train_and_evaluate(cfg, tmp_path / "run")
+    assert out["stopped_early"] and out["epochs"] < 8
+    with pytest.raises(ValueError, match="the plateau rule stopped it"):
+        train_and_evaluate(cfg.replace(epochs_max=20), tmp_path / "run")
 
 
 def test_command_line_trains_logs_and_exports(tmp_path):
@@ -221,3 +267,25 @@ def test_phase_one_holds_the_learning_rate(tmp_path):
     assert [r["phase"] for r in records] == [1, 1, 2, 2, 2, 2]
     # counted from epoch 0 the rate would drop after epoch 2; counted from the freeze, after epoch 4
     assert lrs[:5] == [cfg.lr] * 5 and lrs[5] == pytest.approx(cfg.lr * cfg.decay_factor)
+
+
+def test_second_copy_of_a_running_command_is_refused(tmp_path):
+    """Two trainings in one workdir would write the same checkpoints: the second gets an error naming the first."""
+    env, wd = _child_env(tmp_path), tmp_path / "run"
+    argv = [sys.executable, "-m", "train", "--config", "mask_2_4.smoke", "--workdir", str(wd), "epochs_max=500"]
+    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (wd / "config.json").exists():
+            assert proc.poll() is None, "the first run ended early"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        cfg = get_config("mask_2_4.smoke", epochs_max=1)
+        with pytest.raises(ValueError, match=rf"in use: another training process \(pid {proc.pid}\)"):
+            train_and_evaluate(cfg, wd)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    # the kernel dropped the killed run's lock: the workdir resumes
+    out = train_and_evaluate(cfg, wd)
+    assert os.path.exists(out["export"])

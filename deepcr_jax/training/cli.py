@@ -2,7 +2,9 @@
 
 ``python -m train --workdir DIR --export EPOCH|best [--output PATH]`` exports
 one kept epoch of the run in DIR (finished, stopped or still training) as a
-zoo ``.npz`` instead of training.
+zoo ``.npz`` instead of training. ``python -m train --workdir DIR [key=value ...]``
+(no ``--config``) continues the run in DIR with its own config: after a kill,
+or a finished one with a higher ``epochs_max``.
 
 :func:`cli_main` is what ``python -m train`` (and later ``deepcr-jax train``) runs.
 """
@@ -10,6 +12,7 @@ zoo ``.npz`` instead of training.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -37,7 +40,8 @@ def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the training options to ``p`` (``python -m train`` and ``deepcr-jax train`` share them)."""
     p.add_argument("--config", default=None,
-                   help=f"preset: {', '.join(CONFIG_NAMES)} (each also as NAME.smoke); needed to train")
+                   help=f"preset: {', '.join(CONFIG_NAMES)} (each also as NAME.smoke); without it, continue the "
+                        "run in --workdir with its own config (e.g. epochs_max=N to train a finished run on)")
     p.add_argument("--workdir", default=None, help="output directory (default: runs/<config>)")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run in the workdir")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an earlier run")
@@ -53,6 +57,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config field overrides")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (a later call in one process may have replaced it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _log_to_stderr() -> None:
     """Show deepcr_jax's INFO records (an epoch's losses, a resume, the kernels' build) on stderr.
 
@@ -62,10 +81,9 @@ def _log_to_stderr() -> None:
     propagating (no duplicates through that root handler).
     """
     logger = logging.getLogger("deepcr_jax")
-    if not any(getattr(h, "deepcr_jax_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-        handler.deepcr_jax_cli = True
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -83,11 +101,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:
         print("error: --output goes with --export", file=sys.stderr)
         return 2
-    if args.config is None:
-        print(f"error: --config is required to train (one of {', '.join(CONFIG_NAMES)})", file=sys.stderr)
-        return 2
     try:
-        config = get_config(args.config, **parse_overrides(args.overrides))
+        config = _config(args)
     except (ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -114,6 +129,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"exported {result['export']} (best validation loss {result['best_val_loss']:.5g}, "
               f"{result['epochs']} epochs)")
     return 0
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    """``--config NAME`` with the overrides, or without it the run in ``--workdir``'s own config (to resume it)."""
+    overrides = parse_overrides(args.overrides)
+    if args.config is not None:
+        return get_config(args.config, **overrides)
+    saved = os.path.join(args.workdir, "config.json") if args.workdir else None
+    if saved is None or not os.path.exists(saved) or args.overwrite:
+        raise ValueError(f"--config is required to train (one of {', '.join(CONFIG_NAMES)}); without it, "
+                         "--workdir must hold a run to continue (its config.json)")
+    with open(saved) as fh:
+        return TrainConfig.from_dict(json.load(fh)).replace(**overrides)
 
 
 def _export(args: argparse.Namespace) -> int:

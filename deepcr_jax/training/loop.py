@@ -8,9 +8,8 @@ line per epoch), PNGs, and finally exports ``best.npz`` from the best
 validation checkpoint. :func:`export_epoch` exports another kept epoch (or
 the best) of a run, finished or not, without training.
 
-Workdir layout: ``config.json`` (the run's config; a different config is
-refused, naming the fields), ``checkpoints/`` (Orbax), ``metrics.jsonl``,
-``plots/`` (``curve.png``, ``example_eNNN.png``), ``best.npz``.
+The workdir (its layout, lock, checks against the config and
+``metrics.jsonl``) is :mod:`deepcr_jax.training.workdir`'s.
 
 Multi-host: call ``jax.distributed.initialize`` first (see
 :func:`deepcr_jax.training.cli_main`); every process runs this function, reads
@@ -25,8 +24,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from typing import Any
 
@@ -37,8 +34,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from deepcr_jax.training import data as data_lib
 from deepcr_jax.training import export as export_lib
+from deepcr_jax.training import workdir as workdir_lib
 from deepcr_jax.training.checkpoint import Checkpoints
-from deepcr_jax.training.config import TrainConfig, config_diff
+from deepcr_jax.training.config import TrainConfig
 from deepcr_jax.training.schedule import Plateau, bn_phase, set_learning_rate
 from deepcr_jax.training.state import create_state, replicate
 from deepcr_jax.training.step import make_eval_step, make_train_step
@@ -47,9 +45,6 @@ __all__ = ["export_epoch", "global_batch", "make_mesh", "train_and_evaluate", "v
 
 log = logging.getLogger(__name__)
 
-#: Config fields that may change when a run is resumed (they do not change the numbers).
-RESUME_SAFE_FIELDS = ("epochs_max", "plot_every", "progress", "checkpoint_every_steps", "keep_every", "kernels")
-_OUTPUTS = ("metrics.jsonl", "best.npz", "config.json")
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -82,69 +77,6 @@ def _flush(host: dict[str, Any], pending: list[dict]) -> None:
         host["grad_norm_max"] = max(host["grad_norm_max"], g)
         host["grad_steps"] += 1
     pending.clear()
-
-
-def _prepare_workdir(config: TrainConfig, workdir: str, overwrite: bool, resume: bool, primary: bool) -> None:
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".probe-"):
-            pass
-    except OSError as err:
-        raise ValueError(f"workdir {workdir!r} is not a writable directory: {err}") from None
-    cfg_path = os.path.join(workdir, "config.json")
-    has_run = os.path.exists(cfg_path) or os.path.isdir(os.path.join(workdir, "checkpoints"))
-    if overwrite:
-        if primary:
-            for name in _OUTPUTS:
-                if os.path.exists(os.path.join(workdir, name)):
-                    os.remove(os.path.join(workdir, name))
-            for name in ("checkpoints", "plots"):
-                shutil.rmtree(os.path.join(workdir, name), ignore_errors=True)
-        multihost_utils.sync_global_devices("deepcr_jax.training: workdir cleared")
-    elif has_run:
-        if os.path.exists(os.path.join(workdir, "best.npz")):
-            raise ValueError(f"workdir {workdir!r} holds a finished run (best.npz); pass overwrite=True "
-                             "(--overwrite) to train again there")
-        if not resume:
-            raise ValueError(f"workdir {workdir!r} holds an earlier run; pass resume=True to continue it or "
-                             "overwrite=True (--overwrite) to start over")
-        if os.path.exists(cfg_path):
-            with open(cfg_path) as fh:
-                old = TrainConfig.from_dict(json.load(fh))
-            diff = config_diff(old, config, ignore=RESUME_SAFE_FIELDS)
-            if diff:
-                what = "; ".join(f"{k}: {a!r} in the workdir, {b!r} now" for k, (a, b) in diff.items())
-                raise ValueError(f"workdir {workdir!r} holds a run with a different config ({what}); "
-                                 "use another workdir or overwrite=True")
-    if primary:
-        tmp = cfg_path + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(config.to_json())
-        os.replace(tmp, cfg_path)
-
-
-def _check_same_data(workdir: str, then: dict[str, Any] | None, now: dict[str, Any] | None) -> None:
-    """Refuse to resume on other stamps than the checkpoint's (None: not recorded, e.g. simulated data)."""
-    if then is None or now is None or then["sha256"] == now["sha256"]:
-        return
-    raise ValueError(
-        f"workdir {workdir!r} holds a run on other data: it began on {then['stamps']} stamps "
-        f"({then['provenance']}; sha256 {then['sha256'][:12]}...), the data now give {now['stamps']} "
-        f"({now['provenance']}; sha256 {now['sha256'][:12]}...); restore the data it began on, or use another "
-        "workdir or overwrite=True (--overwrite)")
-
-
-def _read_history(path: str, before_epoch: int, primary: bool) -> list[dict[str, Any]]:
-    """Records of epochs < before_epoch; the file is rewritten without later (lost) ones."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as fh:
-        records = [json.loads(line) for line in fh if line.strip()]
-    records = [r for r in records if r["epoch"] < before_epoch]
-    if primary:
-        with open(path, "w") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in records)
-    return records
 
 
 def validation_key(key: jax.Array) -> jax.Array:
@@ -282,8 +214,15 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overw
         ``epochs`` (completed), ``history`` (the ``metrics.jsonl`` records).
     """
     workdir = os.path.abspath(os.fspath(workdir))
+    with workdir_lib.locked(workdir, jax.process_index()):
+        return _train(config, workdir, overwrite, resume, data)
+
+
+def _train(config: TrainConfig, workdir: str, overwrite: bool, resume: bool,
+           data: data_lib.Dataset | None) -> dict[str, Any]:
+    """:func:`train_and_evaluate` in its locked ``workdir`` (absolute)."""
     primary = jax.process_index() == 0
-    _prepare_workdir(config, workdir, overwrite, resume, primary)
+    workdir_lib.prepare(config, workdir, overwrite, resume, primary)
     run = _Run(config, workdir, data)
     it, mesh, state, ckpts = run.iterator, run.mesh, run.state, run.ckpts
     val_local, val_global, val_key = run.val_local, run.val_global, run.val_key
@@ -297,12 +236,12 @@ def train_and_evaluate(config: TrainConfig, workdir: str | os.PathLike, *, overw
     if latest is not None:
         now = host.get("data")
         state, host = ckpts.restore(latest, state)
-        _check_same_data(workdir, host.get("data"), now)
+        workdir_lib.check_same_data(workdir, host.get("data"), now)
         if now is not None:  # a checkpoint from before the record: record from here on
             host["data"] = now
         log.info("resumed from step %d (epoch %d, batch %d)", latest, host["epoch"], host["batch"])
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    history = _read_history(metrics_path, host["epoch"], primary)
+    history = workdir_lib.read_history(metrics_path, host["epoch"], primary)
     steps: dict[int, Any] = {}
     eval_step = make_eval_step(config, mesh)
     plateau = Plateau.from_dict(host["plateau"])
@@ -455,7 +394,7 @@ def export_epoch(workdir: str | os.PathLike, epoch: int | None = None, output: s
         raise ValueError(f"workdir {workdir!r} holds no training run (config.json and checkpoints/)")
     with open(cfg_path) as fh:
         config = TrainConfig.from_dict(json.load(fh))
-    steps = {r["epoch"]: r["step"] for r in _read_history(os.path.join(workdir, "metrics.jsonl"), 2**62, False)}
+    steps = {r["epoch"]: r["step"] for r in workdir_lib.read_history(os.path.join(workdir, "metrics.jsonl"), 2**62, False)}
     if not steps:
         raise ValueError(f"workdir {workdir!r}: no epoch has completed yet")
     if epoch is not None and epoch not in steps:
