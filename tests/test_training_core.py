@@ -357,6 +357,51 @@ def test_core_masks_cover_the_bright_pixel(key):
     assert only_core.any() and np.all(w[only_core] == 0.25) and np.all(w[~only_core] == 1)
 
 
+def test_validation_core_blocks_and_their_mse():
+    """``val_core_mse``: each validation crop's brightest valid pixel hidden alone, scored as the loss is."""
+    from deepcr_jax.training.loop import make_mesh, validate, validation_key
+
+    img, cr = _arrays(6, (24, 24))
+    ign = np.zeros_like(cr)
+    for i in range(6):
+        img[i, 6 + 2 * i, 17 - 2 * i] = 8000 + i
+        cr[i, 6 + 2 * i, 17 - 2 * i] = i == 0  # stamp 0: the brightest pixel is a CR: the next one is used
+    ds = data.from_arrays(img, cr, ign)
+    plain = data.eval_batches(ds, 4, 16)
+    assert "core" not in plain[0]
+    batches = data.eval_batches(ds, 4, 16, core_reach=3)
+    core = np.concatenate([b["core"] for b in batches])
+    crops = np.concatenate([b["image"] for b in batches])
+    valid = np.concatenate([(b["cr"] == 0) & (b["ignore"] == 0) for b in batches])
+    for i in range(8):
+        if i >= 6:  # padding: nothing hidden
+            assert core[i].sum() == 0
+            continue
+        peak = np.unravel_index(np.argmax(np.where(valid[i], crops[i], -np.inf)), (16, 16))
+        assert core[i][peak] == 1 and (i > 0 or crops[i][peak] < 8000)
+        ys, xs = np.nonzero(core[i])
+        assert core[i].sum() == (np.ptp(ys) + 1) * (np.ptp(xs) + 1)
+        assert max(peak[0] - ys.min(), ys.max() - peak[0], peak[1] - xs.min(), xs.max() - peak[1]) <= 3
+    # fixed per stamp, whatever the process split
+    halves = [data.eval_batches(ds, 4, 16, p, 2, core_reach=3)[1]["core"] for p in (0, 1)]
+    np.testing.assert_array_equal(np.concatenate(halves), batches[1]["core"])
+    # the score: the eval-mode network with the block alone hidden, MSE over the block's valid pixels
+    cfg = get_config("inpaint_2_32.smoke", batch_size=4, crop=16)
+    state, mesh = create_state(cfg, jax.random.key(0)), make_mesh(jax.devices()[:1])
+    key = validation_key(jax.random.key(0))
+    loss, scores, _ = validate(cfg, state, make_eval_step(cfg, mesh), batches, batches, mesh, key)
+    loss0, scores0, _ = validate(cfg, state, make_eval_step(cfg, mesh), plain, plain, mesh, key)
+    assert loss == loss0 and "val_core_mse" not in scores0 and scores["val_mse"] == scores0["val_mse"]
+    from deepcr_jax.training.state import make_module
+
+    x = crops / cfg.scale
+    net = make_module(cfg).apply({"params": state["params"], "batch_stats": state["batch_stats"]},
+                                 np.stack([x * (1 - core), core], -1), train=False)[..., 0]
+    hidden = (core > 0) & valid
+    expected = np.sum((np.asarray(net, np.float64) - x)[hidden] ** 2) / hidden.sum()
+    np.testing.assert_allclose(scores["val_core_mse"], expected, rtol=1e-5)
+
+
 # ---------------------------------------------------------------- BatchNorm phases
 
 

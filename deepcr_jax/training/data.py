@@ -535,13 +535,17 @@ def _brightest_peaks(ds: Dataset, k: int) -> np.ndarray:
 
 
 def eval_batches(ds: Dataset, batch_size: int, crop: int, process_index: int = 0,
-                 process_count: int = 1) -> list[dict[str, np.ndarray]]:
+                 process_count: int = 1, core_reach: int = 0) -> list[dict[str, np.ndarray]]:
     """The validation set as fixed-shape batches (this process's slices).
 
     Each stamp's centre ``crop`` × ``crop`` is used; the last batch is padded
     with copies of stamp 0 whose ``weight`` is 0 (and ``ignore`` 1, so
     they add nothing to any sum). Keys as the training batches plus
-    ``weight`` (B,) float32.
+    ``weight`` (B,) float32. With ``core_reach`` > 0, also ``core`` (B,
+    crop, crop) float32: a block over each crop's brightest pixel that is
+    neither a CR nor ignored, reaching 0..``core_reach`` px from it on each
+    side (fixed per stamp index), which the validation hides alone to score
+    hidden source cores (``val_core_mse``).
     """
     _check_sizes(ds, 1, crop, "validation")
     ny, nx = ds.image.shape[1:]
@@ -558,5 +562,21 @@ def eval_batches(ds: Dataset, batch_size: int, crop: int, process_index: int = 0
         batch = _gather(ds, idx, y0, x0, crop)
         batch["weight"] = weight[local]
         batch["ignore"] = np.maximum(batch["ignore"], (1 - batch["weight"])[:, None, None])
+        if core_reach:
+            batch["core"] = _validation_cores(batch, idx, core_reach)
         out.append(batch)
+    return out
+
+
+def _validation_cores(batch: dict[str, np.ndarray], idx: np.ndarray, reach: int) -> np.ndarray:
+    """(B, crop, crop) float32 blocks over each crop's brightest valid pixel, sides from ``(9, stamp)``."""
+    image = np.where((batch["cr"] > 0) | (batch["ignore"] > 0), -np.inf, batch["image"])
+    b, c = image.shape[0], image.shape[1]
+    out = np.zeros((b, c, c), np.float32)
+    for i in range(b):
+        if not np.isfinite(image[i]).any():
+            continue
+        py, px = np.unravel_index(np.argmax(image[i]), (c, c))
+        up, down, left, right = np.random.default_rng([9, int(idx[i])]).integers(0, reach + 1, 4)
+        out[i, max(py - up, 0):py + down + 1, max(px - left, 0):px + right + 1] = 1.0
     return out

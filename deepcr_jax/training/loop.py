@@ -45,6 +45,9 @@ __all__ = ["export_epoch", "global_batch", "make_mesh", "train_and_evaluate", "v
 
 log = logging.getLogger(__name__)
 
+#: Largest distance (px) from the peak to each side of the validation's core blocks (``val_core_mse``).
+VAL_CORE_REACH = 5
+
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -109,14 +112,19 @@ def validate(config, state, eval_step, val_local, val_global, mesh, key) -> tupl
     (float, dict, ndarray)
         Loss (summed over the scored pixels of all batches divided by their count; the
         paper's units: (100 e-)^2 at scale 100 for inpainting), scores (mask: TPR at
-        0.05 % / 0.5 % FPR; inpaint: ``val_mse``) and the network outputs
+        0.05 % / 0.5 % FPR; inpaint: ``val_mse`` and ``val_core_mse``, the MSE when a
+        block over each crop's brightest pixel is hidden alone: a check on hidden
+        source cores, which the borrowed masks rarely cover) and the network outputs
         ``(n_val, crop, crop)`` without padding.
     """
-    total, count, outs = 0.0, 0.0, []
+    total, count, core_total, core_count, outs = 0.0, 0.0, 0.0, 0.0, []
     for i, vb in enumerate(val_local):
         res = eval_step(state, global_batch(vb, mesh, config.batch_size), jax.random.fold_in(key, i))
         total += float(_to_host(res["loss_sum"]))
         count += float(_to_host(res["count"]))
+        if "core_sum" in res:
+            core_total += float(_to_host(res["core_sum"]))
+            core_count += float(_to_host(res["core_count"]))
         outs.append(_to_host(res["out"]))
     out = np.concatenate(outs)
     keep = np.concatenate([b["weight"] for b in val_global]) > 0
@@ -129,6 +137,8 @@ def validate(config, state, eval_step, val_local, val_global, mesh, key) -> tupl
         scores = export_lib.val_tpr(out, cr, ign)
     else:
         scores = {"val_mse": val_loss}
+        if core_count:
+            scores["val_core_mse"] = core_total / core_count
     return val_loss, scores, out
 
 
@@ -300,7 +310,9 @@ def _train(config: TrainConfig, workdir: str, overwrite: bool, resume: bool,
         host.update(epoch=epoch + 1, batch=0, loss_sum=0.0, loss_count=0.0, grad_norm_sum=0.0, grad_norm_max=0.0,
                     grad_steps=0, plateau=plateau.to_dict())
         ckpts.save(host["step"], state, host, val_loss=val_loss)
-        log.info("epoch %d: loss %.5g, val_loss %.5g, lr %.3g, phase %d", epoch, train_loss, val_loss, lr_used, phase)
+        core = f", val_core_mse {scores['val_core_mse']:.5g}" if "val_core_mse" in scores else ""
+        log.info("epoch %d: loss %.5g, val_loss %.5g%s, lr %.3g, phase %d", epoch, train_loss, val_loss, core,
+                 lr_used, phase)
 
     best = ckpts.best_step()
     if best is None:
@@ -329,9 +341,10 @@ class _Run:
             train_ds, config.batch_size, config.crop, config.seed, pi, pc,
             bright_fraction=config.bright_crops, core_fraction=config.core_masks, core_reach=config.core_reach,
             bright_peaks=config.bright_peaks, core_shape=config.core_shape)
-        self.val_local = data_lib.eval_batches(val_ds, config.batch_size, config.crop, pi, pc)
+        reach = VAL_CORE_REACH if config.kind == "inpaint" else 0
+        self.val_local = data_lib.eval_batches(val_ds, config.batch_size, config.crop, pi, pc, core_reach=reach)
         self.val_global = (self.val_local if pc == 1
-                           else data_lib.eval_batches(val_ds, config.batch_size, config.crop))
+                           else data_lib.eval_batches(val_ds, config.batch_size, config.crop, core_reach=reach))
         key = jax.random.key(config.seed)
         self.val_key = validation_key(key)
         self.state = replicate(create_state(config, key), self.mesh)

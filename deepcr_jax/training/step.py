@@ -151,7 +151,10 @@ def make_eval_step(config: TrainConfig, mesh: Mesh | None = None) -> Callable:
     CR probabilities for mask networks, the prediction under the
     inpainting mask (network units) for inpainting ones, plus ``inpaint_mask``
     (B, ny, nx). ``key`` draws the inpainting masks (fixed per validation
-    batch by the loop); unused by mask networks.
+    batch by the loop); unused by mask networks. An inpainting batch with a
+    ``core`` block (``data.eval_batches(core_reach=...)``) also gives
+    ``core_sum`` and ``core_count``: the loss's terms with that block alone
+    hidden.
     """
     module = make_module(config, mesh=mesh)
 
@@ -168,6 +171,11 @@ def make_eval_step(config: TrainConfig, mesh: Mesh | None = None) -> Callable:
         else:
             res["out"] = out
             res["inpaint_mask"] = labels["inpaint_mask"]
+        if config.kind == "inpaint" and "core" in batch:  # the core block hidden alone
+            core, target = batch["core"], labels["target"]
+            hidden = module.apply(variables, jnp.stack([target * (1 - core), core], axis=-1), train=False)
+            res["core_sum"], res["core_count"] = losses.inpaint_terms(hidden[..., 0], target, core, batch["cr"],
+                                                                      batch["ignore"])
         return res
 
     repl, data = _shardings(mesh)
