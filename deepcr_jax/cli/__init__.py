@@ -9,6 +9,7 @@
     deepcr-jax convert my_model.pth -o my_model.npz
     deepcr-jax stamps e1_flc.fits e2_flc.fits e3_flc.fits -o stamps/field1.fits   # your own training set
     deepcr-jax train --config mask_2_32.smoke --workdir runs/smoke
+    deepcr-jax evaluate stamps/field9.fits --model ACS-WFC --model runs/ft/best.npz   # on a held-out field
 
 Exit status: 0 on success, 2 on a usage error or bad input (missing file,
 existing output, unknown model, a ``.pth`` that is not a deepCR network),
@@ -28,13 +29,13 @@ import signal
 import threading
 from collections.abc import Sequence
 
-from deepcr_jax.cli import clean, convert, demo, models, stamps, train
+from deepcr_jax.cli import clean, convert, demo, evaluate, models, stamps, train
 from deepcr_jax.cli._common import EXIT_USAGE, PROG, USER_ERRORS, error, one_line
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: The subcommands, in the order ``--help`` lists them.
-COMMANDS = (clean, demo, models, convert, stamps, train)
+COMMANDS = (clean, demo, models, convert, stamps, train, evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,6 +48,7 @@ __all__ = [
     "from_fits",
     "from_pair_files",
     "from_simulator",
+    "load_files",
     "load_source",
     "split_by_group",
     "to_fits",
@@ -294,11 +295,26 @@ def load_source(config: TrainConfig) -> Dataset:
     """The dataset named by ``config.data`` (``"simulate"`` or a path / glob)."""
     if config.data == "simulate":
         return from_simulator(config.sim_n, seed=config.seed, shape=config.sim_shape, field=config.sim_field)
-    paths = sorted(glob.glob(os.path.join(config.data, "*"))) if os.path.isdir(config.data) else sorted(
-        glob.glob(config.data))
-    if not paths:
-        raise ValueError(f"data {config.data!r} matches no files (expected 'simulate', a directory or a glob)")
+    return load_files([config.data])
+
+
+def load_files(specs: Sequence[str]) -> Dataset:
+    """Stamps from files: each spec a file, a directory (its files) or a glob.
+
+    The files must be of one kind: deepCR ``.npy`` pairs (:func:`from_pair_files`),
+    FITS stamps (:func:`from_fits`) or simulated ``.npz`` datasets.
+    """
+    paths: list[str] = []
+    for spec in specs:
+        if os.path.isfile(spec):  # as named (a file name may hold glob characters)
+            found = [spec]
+        else:
+            found = sorted(glob.glob(os.path.join(spec, "*"))) if os.path.isdir(spec) else sorted(glob.glob(spec))
+        if not found:
+            raise ValueError(f"data {spec!r} matches no files (expected 'simulate', a directory or a glob)")
+        paths += [p for p in found if p not in paths]
     exts = {os.path.splitext(p)[1].lower() for p in paths}
+    what = specs[0] if len(specs) == 1 else list(specs)
     if exts == {".npy"}:
         return from_pair_files(paths)
     if exts <= {".fits", ".fit", ".fz"}:
@@ -309,7 +325,7 @@ def load_source(config: TrainConfig) -> Dataset:
         return from_arrays(np.concatenate([b.image for b in parts]), np.concatenate([b.cr_mask for b in parts]),
                            np.concatenate([b.ignore for b in parts]), np.concatenate([b.sky for b in parts]),
                            groups, provenance=f"{len(paths)} simulated .npz datasets")
-    raise ValueError(f"data {config.data!r}: files must be all .npy pairs, all FITS or all .npz; got {sorted(exts)}")
+    raise ValueError(f"data {what!r}: files must be all .npy pairs, all FITS or all .npz; got {sorted(exts)}")
 
 
 def split_by_group(ds: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
