@@ -36,6 +36,7 @@ to 8,190 (speed does not depend on content).
     python benchmarks/bench_train.py                 # full CPU run -> results/train.{md,json}
     python benchmarks/bench_train.py --quick         # smoke: tiny sizes, writes to a temp dir
     python benchmarks/bench_train.py --device-epoch  # GPU: 8,190 stamps -> results/train_epoch_gpu.*
+                                                     # (also with compute_dtype=bfloat16 there)
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ def torch_bn_loop(pool, n_train: int, batch: int, gpu: bool, channels_last: bool
     return warm, epoch, n_batches * batch
 
 
-def jax_step(pool, n_train: int, batch: int, pipeline: bool, kernels: str = "auto"):
+def jax_step(pool, n_train: int, batch: int, pipeline: bool, kernels: str = "auto", compute_dtype: str = "float32"):
     """(c) deepcr-jax's jitted train step; on device-resident batches, or fed by the host pipeline."""
     from deepcr_jax.training.config import get_config
     from deepcr_jax.training.state import create_state
@@ -201,7 +202,8 @@ def jax_step(pool, n_train: int, batch: int, pipeline: bool, kernels: str = "aut
 
     image, cr, ignore, sky = pool
     size = image.shape[-1]
-    config = get_config("mask_2_32", batch_size=batch, crop=size, progress=False, plot_every=0, kernels=kernels)
+    config = get_config("mask_2_32", batch_size=batch, crop=size, progress=False, plot_every=0, kernels=kernels,
+                        compute_dtype=compute_dtype)
     step = make_train_step(config)
     key = jax.random.key(0)
     box = {"state": create_state(config, key)}
@@ -275,6 +277,8 @@ def main(argv=None) -> int:
     ap.add_argument("--peers", default="a,b,c",
                     help="subset of a (deepCR trainer), b (torch BN loop), c (ours)")
     ap.add_argument("--out", default=None, help="write the results here instead of benchmarks/results/")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time compute_dtype=bfloat16 on the CPU (always on an accelerator)")
     ap.add_argument("--stem", default=None, help="results file name (default train, or train_epoch_gpu)")
     args = ap.parse_args(argv)
 
@@ -317,6 +321,10 @@ def main(argv=None) -> int:
                            lambda: jax_step(pool, n_train, batch, pipeline=False)))
         candidates.append((f"(c) deepcr-jax EpochIterator + Prefetcher + device_put + step on {dev}",
                            lambda: jax_step(pool, n_train, batch, pipeline=True)))
+        if jax.default_backend() != "cpu" or args.bf16:  # XLA:CPU has no fast bf16 convolutions
+            candidates.append((f"(c) deepcr-jax make_train_step, compute_dtype=bfloat16, batches on {dev}",
+                               lambda: jax_step(pool, n_train, batch, pipeline=False, kernels="xla",
+                                                compute_dtype="bfloat16")))
 
     fl = 3 * flops_per_pixel(2, 32) * size * size  # training ~ 3x the forward's FLOPs
     workload = f"mask 2-32, {size}x{size}, batch {batch}, BN phase 1"

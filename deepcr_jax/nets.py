@@ -102,10 +102,10 @@ class BatchNorm(nn.Module):
         fused = _op(self.ops, "batch_norm_relu", None) if self.relu else None
         if fused is not None:
             y, mean, var = fused(x, scale, bias, self.epsilon, None if train else (ra_mean.value, ra_var.value))
-        elif train:
-            axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(x, axis=axes)
-            var = jnp.mean(jnp.square(x - _channel(mean, x.ndim)), axis=axes)
+        elif train:  # statistics in float32 whatever the activations' dtype
+            axes, xs = tuple(range(x.ndim - 1)), x.astype(jnp.float32)
+            mean = jnp.mean(xs, axis=axes)
+            var = jnp.mean(jnp.square(xs - _channel(mean, x.ndim)), axis=axes)
         else:
             mean, var = ra_mean.value, ra_var.value
         if train and not self.is_initializing():
@@ -117,7 +117,7 @@ class BatchNorm(nn.Module):
         if fused is not None:
             return y
         inv = scale * jax.lax.rsqrt(var + self.epsilon)
-        y = (x - _channel(mean, x.ndim)) * _channel(inv, x.ndim) + _channel(bias, x.ndim)
+        y = ((x - _channel(mean, x.ndim)) * _channel(inv, x.ndim) + _channel(bias, x.ndim)).astype(x.dtype)
         return nn.relu(y) if self.relu else y
 
 

@@ -518,6 +518,37 @@ def test_bn_phase_switch(key):
     np.testing.assert_allclose(float(m3["loss"]), float(ev["loss_sum"] / ev["count"]), rtol=1e-6)
 
 
+def test_bfloat16_compute(key):
+    """compute_dtype="bfloat16": inner convolutions in bf16, weights/statistics/loss f32, close to float32."""
+    cfg = get_config("inpaint_2_32.smoke", batch_size=4, crop=32, hidden=16, kernels="xla")
+    bf = cfg.replace(compute_dtype="bfloat16")
+    state = create_state(cfg, key)
+    batch = {k: jnp.asarray(v) for k, v in _batch(cfg).items()}
+    f32_state, m32 = make_train_step(cfg)(jax.tree.map(jnp.copy, state), batch, key)
+    bf_state, mbf = make_train_step(bf)(jax.tree.map(jnp.copy, state), batch, key)
+    np.testing.assert_allclose(float(mbf["loss"]), float(m32["loss"]), rtol=0.05)
+    assert abs(float(mbf["grad_norm"]) / float(m32["grad_norm"]) - 1) < 0.1
+    for tree in (bf_state["params"], bf_state["batch_stats"]):
+        assert {a.dtype for a in jax.tree.leaves(tree)} == {jnp.dtype(jnp.float32)}
+    moved32 = jax.tree.map(lambda a, b: np.asarray(a - b).ravel(), f32_state["params"], state["params"])
+    movedbf = jax.tree.map(lambda a, b: np.asarray(a - b).ravel(), bf_state["params"], state["params"])
+    u, v = np.concatenate(jax.tree.leaves(moved32)), np.concatenate(jax.tree.leaves(movedbf))
+    assert u @ v / np.linalg.norm(u) / np.linalg.norm(v) > 0.9  # the same update, up to bf16 rounding
+    # the convolutions after the first block really run in bf16; in float32 none does
+    from deepcr_jax.training.state import make_module
+
+    x = jnp.zeros((2, 32, 32, 2))
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    for c, n_bf16 in ((cfg, 0), (bf, 1)):
+        jaxpr = str(jax.make_jaxpr(lambda v, c=c: make_module(c).apply(v, x, train=True, mutable=["batch_stats"]))(
+            variables))
+        assert (jaxpr.count("conv_general_dilated") and "bf16[2,16,16,32]" in jaxpr) == bool(n_bf16)
+    with pytest.raises(ValueError, match="kernels='native' computes in float32"):
+        get_config("mask_2_4.smoke", compute_dtype="bfloat16", kernels="native")
+    with pytest.raises(ValueError, match="compute_dtype"):
+        get_config("mask_2_4.smoke", compute_dtype="float16")
+
+
 def test_weight_norm_trains(key):
     cfg = get_config("mask_2_4.smoke", norm="weight")
     state = create_state(cfg, key)

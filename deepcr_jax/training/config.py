@@ -74,6 +74,7 @@ class TrainConfig:
     plot_every: int = 5  # training-curve and example PNGs every N epochs (0: never)
     progress: bool = True  # tqdm progress bar
     kernels: str = "auto"  # "auto": CPU training kernels (training/fast_ops.py) on one CPU device; "native"; "xla"
+    compute_dtype: str = "float32"  # "bfloat16": inner layers in bf16 (first block, head, BN statistics, loss, weights f32); for GPUs/TPUs
 
     def __post_init__(self) -> None:
         _check_choice("kind", self.kind, ("mask", "inpaint"))
@@ -81,6 +82,10 @@ class TrainConfig:
         _check_choice("norm", self.norm, ("batch", "weight"))
         _check_choice("kernels", self.kernels, ("auto", "native", "xla"))
         _check_choice("core_shape", self.core_shape, ("block", "cr"))
+        _check_choice("compute_dtype", self.compute_dtype, ("float32", "bfloat16"))
+        if self.compute_dtype != "float32" and self.kernels == "native":
+            raise ValueError("kernels='native' computes in float32; use kernels='auto' or 'xla' with compute_dtype "
+                             f"{self.compute_dtype!r}")
         for f in ("hidden", "batch_size", "crop", "epochs_max", "patience", "sim_n", "sim_shape", "donors_max",
                   "core_reach", "bright_peaks"):
             if getattr(self, f) < 1:

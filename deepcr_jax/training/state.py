@@ -34,11 +34,18 @@ def make_module(config: TrainConfig, *, logits: bool = True, mesh: Mesh | None =
     network's (the sigmoid head has none). ``config.kernels`` and ``mesh``
     choose the implementation of the heavy operations
     (:func:`deepcr_jax.training.fast_ops.make_ops`); the parameters are the
-    same either way.
+    same either way. ``config.compute_dtype`` "bfloat16" runs the inner
+    layers in bfloat16 (:class:`deepcr_jax.nets.UNet`'s ``compute_dtype``;
+    parameters, BatchNorm statistics, first block, head and loss stay
+    float32), with the plain flax graph.
     """
     head = "identity" if (logits or config.kind == "inpaint") else "sigmoid"
+    if config.compute_dtype == "float32":
+        return UNet(depth=config.depth, hidden=config.hidden, norm=config.norm, head=head,
+                    ops=make_ops(config.kernels, mesh))
+    # the CPU training kernels are float32-only: the plain flax graph
     return UNet(depth=config.depth, hidden=config.hidden, norm=config.norm, head=head,
-                ops=make_ops(config.kernels, mesh))
+                compute_dtype=jnp.dtype(config.compute_dtype))
 
 
 def _clipped_adam(learning_rate, clip_norm: float) -> optax.GradientTransformation:
