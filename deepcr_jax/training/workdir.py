@@ -127,7 +127,8 @@ def _extend_finished(config: TrainConfig, workdir: str, resume: bool, primary: b
     finished = (f"workdir {workdir!r} holds a finished run (best.npz, {done} epochs); pass overwrite=True "
                 "(--overwrite) to train again there")
     if not resume or done < old.epochs_max:
-        reason = "" if not resume else " (the plateau rule stopped it: it cannot train on)"
+        reason = "" if not resume else (" (the plateau rule stopped it: it cannot train on; to go on from its best "
+                                        f"model, start another workdir with init={os.path.join(workdir, 'best.npz')})")
         raise ValueError(finished + reason)
     if config.epochs_max <= done:
         raise ValueError(f"{finished}, or raise epochs_max above {done} to continue it")
