@@ -106,7 +106,12 @@ def prepare(config: TrainConfig, workdir: str, overwrite: bool, resume: bool, pr
                 raise ValueError(f"workdir {workdir!r} holds a run with a different config ({what}); "
                                  "use another workdir or overwrite=True")
         if finished:
-            _extend_finished(config, workdir, resume, primary)
+            kept = _extend_finished(config, workdir, resume)
+            # every process has read best.npz (same decision everywhere) before process 0 moves it
+            multihost_utils.sync_global_devices("deepcr_jax.training: finished run checked")
+            if primary:
+                os.rename(os.path.join(workdir, "best.npz"), kept)
+                log.info("continuing a finished run to %d epochs; its best.npz is now %s", config.epochs_max, kept)
     if primary:
         tmp = cfg_path + ".tmp"
         with open(tmp, "w") as fh:
@@ -114,11 +119,12 @@ def prepare(config: TrainConfig, workdir: str, overwrite: bool, resume: bool, pr
         os.replace(tmp, cfg_path)
 
 
-def _extend_finished(config: TrainConfig, workdir: str, resume: bool, primary: bool) -> None:
+def _extend_finished(config: TrainConfig, workdir: str, resume: bool) -> str:
     """A finished run (``best.npz``) goes on only if it ended at ``epochs_max`` and ``config`` asks for more.
 
-    Its ``best.npz`` is then kept as ``best-epochNNN.npz`` (never overwritten); a run the plateau rule
-    stopped, or a request for no more epochs than it has, is an error that says what to do instead.
+    Returns the name its ``best.npz`` is then kept under, ``best-epochNNN.npz`` (never overwritten); a
+    run the plateau rule stopped, or a request for no more epochs than it has, is an error that says
+    what to do instead.
     """
     history = read_history(os.path.join(workdir, "metrics.jsonl"), 2**62, False)
     with open(os.path.join(workdir, "config.json")) as fh:
@@ -137,10 +143,7 @@ def _extend_finished(config: TrainConfig, workdir: str, resume: bool, primary: b
     kept = os.path.join(workdir, f"best-epoch{best_epoch:03d}.npz")
     if os.path.exists(kept):
         raise ValueError(f"workdir {workdir!r}: continuing would move best.npz to {kept!r}, which exists")
-    if primary:
-        os.rename(os.path.join(workdir, "best.npz"), kept)
-        log.info("continuing a finished run of %d epochs to %d; its best.npz is now %s", done,
-                 config.epochs_max, kept)
+    return kept
 
 
 def read_history(path: str, before_epoch: int, primary: bool) -> list[dict[str, Any]]:
