@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 VAL_CORE_REACH = 5
 
 
-
 def make_mesh(devices: list | None = None) -> Mesh:
     """A 1-D mesh, axis ``"data"``, over ``devices`` (default: all devices of all processes)."""
     devs = jax.devices() if devices is None else list(devices)
