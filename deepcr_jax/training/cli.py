@@ -60,9 +60,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time (a later call in one process may have replaced it)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-
     @property
     def stream(self):
         return sys.stderr

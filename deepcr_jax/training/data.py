@@ -295,7 +295,7 @@ def load_source(config: TrainConfig) -> Dataset:
     """The dataset named by ``config.data`` (``"simulate"`` or a path / glob)."""
     if config.data == "simulate":
         return from_simulator(config.sim_n, seed=config.seed, shape=config.sim_shape, field=config.sim_field)
-    return load_files([config.data])
+    return load_files([config.data])  # anything but "simulate" names files
 
 
 def load_files(specs: Sequence[str]) -> Dataset:
@@ -311,7 +311,7 @@ def load_files(specs: Sequence[str]) -> Dataset:
         else:
             found = sorted(glob.glob(os.path.join(spec, "*"))) if os.path.isdir(spec) else sorted(glob.glob(spec))
         if not found:
-            raise ValueError(f"data {spec!r} matches no files (expected 'simulate', a directory or a glob)")
+            raise ValueError(f"data {spec!r} matches no files (expected a file, a directory or a glob)")
         paths += [p for p in found if p not in paths]
     exts = {os.path.splitext(p)[1].lower() for p in paths}
     what = specs[0] if len(specs) == 1 else list(specs)
@@ -494,8 +494,7 @@ class EpochIterator:
         up, down, left, right = rng.integers(0, self.core_reach + 1, (4, b))  # the peak's distance to each edge
         out = np.zeros((b, self.crop, self.crop), np.float32)
         for i in np.flatnonzero(use):
-            py, px = peak[i, 0] - y0[i], peak[i, 1] - x0[i]
-            out[i, max(py - up[i], 0):py + down[i] + 1, max(px - left[i], 0):px + right[i] + 1] = 1.0
+            _paint_block(out[i], peak[i, 0] - y0[i], peak[i, 1] - x0[i], up[i], down[i], left[i], right[i])
         return out
 
     def _cr_cores(self, rng: np.random.Generator, use: np.ndarray, idx: np.ndarray,
@@ -593,6 +592,10 @@ def _validation_cores(batch: dict[str, np.ndarray], idx: np.ndarray, reach: int)
         if not np.isfinite(image[i]).any():
             continue
         py, px = np.unravel_index(np.argmax(image[i]), (c, c))
-        up, down, left, right = np.random.default_rng([9, int(idx[i])]).integers(0, reach + 1, 4)
-        out[i, max(py - up, 0):py + down + 1, max(px - left, 0):px + right + 1] = 1.0
+        _paint_block(out[i], py, px, *np.random.default_rng([9, int(idx[i])]).integers(0, reach + 1, 4))
     return out
+
+
+def _paint_block(mask: np.ndarray, py: int, px: int, up: int, down: int, left: int, right: int) -> None:
+    """Set the block of ``mask`` (ny, nx) reaching up/down/left/right px from (py, px), cut at the edges, to 1."""
+    mask[max(py - up, 0):py + down + 1, max(px - left, 0):px + right + 1] = 1.0
